@@ -1,0 +1,74 @@
+"""Errors that map to one HTTP answer each: `{"error": {"code", "message", "field"}}` with a 4xx/5xx status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AvatarError(Exception):
+    """A failure the caller can act on. `extra` is merged into the JSON body (e.g. `face_count`)."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None,
+                 status: int | None = None, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.extra = dict(extra or {})
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": {"code": self.code, "message": self.message, "field": self.field}}
+        body.update(self.extra)
+        return body
+
+
+class InvalidRequest(AvatarError):
+    status, code = 422, "invalid_request"
+
+
+class UnsupportedMediaType(AvatarError):
+    status, code = 415, "unsupported_media_type"
+
+
+class PayloadTooLarge(AvatarError):
+    status, code = 413, "payload_too_large"
+
+
+class NoFaceDetected(AvatarError):
+    status, code = 422, "no_face_detected"
+
+
+class FetchRefused(AvatarError):
+    """The image URL points somewhere the service must not reach, or could not be fetched."""
+
+    status, code = 422, "image_url_refused"
+
+
+class NotFound(AvatarError):
+    status, code = 404, "not_found"
+
+
+class Unauthorized(AvatarError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(AvatarError):
+    status, code = 403, "forbidden"
+
+
+class ModelUnavailable(AvatarError):
+    """A model component could not be located or loaded (a start-up error, never a request error)."""
+
+    status, code = 503, "model_unavailable"
+
+
+class StageFailed(AvatarError):
+    """A pipeline stage failed on a valid request; the service stays up and answers 500/503."""
+
+    status, code = 500, "stage_failed"
