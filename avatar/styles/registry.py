@@ -1,0 +1,42 @@
+"""Engines by name, so `serve_config.yaml` (or the CLI) picks the style and background engines without code changes.
+
+Each entry is a factory taking the engine's options dict (from configuration) and returning a loaded engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from avatar.errors import ModelUnavailable
+from avatar.styles.base import BackgroundEngine, StyleEngine
+
+
+def _cpu_style(options: dict[str, Any]) -> StyleEngine:
+    from avatar.styles.cpu import CpuStyleEngine
+    return CpuStyleEngine(**options)
+
+
+def _cpu_background(options: dict[str, Any]) -> BackgroundEngine:
+    from avatar.background import CpuBackgroundEngine
+    return CpuBackgroundEngine(**options)
+
+
+STYLE_ENGINES: dict[str, Callable[[dict[str, Any]], StyleEngine]] = {"cpu": _cpu_style}
+BACKGROUND_ENGINES: dict[str, Callable[[dict[str, Any]], BackgroundEngine]] = {"cpu": _cpu_background}
+
+
+def create_style_engine(name: str = "cpu", options: dict[str, Any] | None = None) -> StyleEngine:
+    return _create(STYLE_ENGINES, "style", name, options)
+
+
+def create_background_engine(name: str = "cpu", options: dict[str, Any] | None = None) -> BackgroundEngine:
+    return _create(BACKGROUND_ENGINES, "background", name, options)
+
+
+def _create(table: dict[str, Callable[[dict[str, Any]], Any]], kind: str, name: str,
+            options: dict[str, Any] | None) -> Any:
+    try:
+        factory = table[name]
+    except KeyError:
+        raise ModelUnavailable(f"unknown {kind} engine {name!r}; available: {', '.join(sorted(table))}") from None
+    return factory(dict(options or {}))
