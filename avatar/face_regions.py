@@ -1,0 +1,79 @@
+"""Soft masks of facial regions (skin, eyes, brows, lips) drawn from the 468 MediaPipe face-mesh landmarks.
+
+Styles and the enhancer use them to confine an effect to where it belongs: skin smoothing must never blur the eyes or
+lips, sharpening must only touch the features. Polygons are ordered MediaPipe face-mesh indices (the closed contours
+of `FaceLandmarksConnections.FACE_LANDMARKS_*`), so they work on any crop the landmarks were measured on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+FACE_OVAL: tuple[int, ...] = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+                              152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+LEFT_EYE: tuple[int, ...] = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+RIGHT_EYE: tuple[int, ...] = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
+LEFT_BROW: tuple[int, ...] = (276, 283, 282, 295, 285, 336, 296, 334, 293, 300)
+RIGHT_BROW: tuple[int, ...] = (46, 53, 52, 65, 55, 107, 66, 105, 63, 70)
+LIPS: tuple[int, ...] = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
+
+FEATURES: dict[str, tuple[tuple[int, ...], ...]] = {
+    "eyes": (LEFT_EYE, RIGHT_EYE),
+    "brows": (LEFT_BROW, RIGHT_BROW),
+    "lips": (LIPS,),
+}
+
+
+@dataclass(frozen=True)
+class FaceMasks:
+    """Float32 (H, W) masks in 0..1. `skin` is the face oval minus the (dilated) features; `features` their union."""
+
+    face: np.ndarray
+    skin: np.ndarray
+    features: np.ndarray
+
+
+def face_scale(landmarks: np.ndarray) -> float:
+    """Face width in pixels (oval extent), the unit that feathering and kernel sizes scale with."""
+    oval = landmarks[list(FACE_OVAL)]
+    return float(max(oval[:, 0].max() - oval[:, 0].min(), 1.0))
+
+
+def polygon_mask(shape: tuple[int, int], landmarks: np.ndarray, polygons: tuple[tuple[int, ...], ...],
+                 dilate: float = 0.0, feather: float = 0.0) -> np.ndarray:
+    """Filled polygons as a float32 mask, grown by `dilate` px and softened by a Gaussian of sigma `feather` px."""
+    mask = np.zeros(shape[:2], np.uint8)
+    pts = [np.round(landmarks[list(p)] * 4).astype(np.int32) for p in polygons]
+    cv2.fillPoly(mask, pts, 255, lineType=cv2.LINE_AA, shift=2)
+    if dilate >= 1:
+        k = int(round(dilate)) * 2 + 1
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    out = mask.astype(np.float32) / 255.0
+    if feather > 0:
+        out = cv2.GaussianBlur(out, (0, 0), feather)
+    return out
+
+
+def feature_mask(shape: tuple[int, int], landmarks: np.ndarray, names: tuple[str, ...] = ("eyes", "brows", "lips"),
+                 grow: float = 0.03, feather: float = 0.015) -> np.ndarray:
+    """Eyes / brows / lips regions; `grow` and `feather` are shares of the face width (lashes, lip edges)."""
+    s = face_scale(landmarks)
+    polys = tuple(p for n in names for p in FEATURES[n])
+    return polygon_mask(shape, landmarks, polys, dilate=grow * s, feather=feather * s)
+
+
+def face_masks(shape: tuple[int, int], landmarks: np.ndarray, feather: float = 0.03) -> FaceMasks:
+    """Face, skin and feature masks for an image of `shape`; feathering is a share of the face width."""
+    s = face_scale(landmarks)
+    face = polygon_mask(shape, landmarks, (FACE_OVAL,), feather=feather * s)
+    features = feature_mask(shape, landmarks)
+    skin = np.clip(face - np.clip(features * 1.5, 0, 1), 0, 1)
+    return FaceMasks(face=face, skin=skin, features=features)
+
+
+def scale_landmarks(landmarks: np.ndarray, factor: float) -> np.ndarray:
+    """Landmarks for the image resized by `factor` (pixel-centre convention, as cv2.resize uses)."""
+    return (np.asarray(landmarks, np.float32) + 0.5) * factor - 0.5
