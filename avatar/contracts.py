@@ -41,7 +41,6 @@ class GenerateRequest(BaseModel):
     background: str | None = Field(None, description=f"Background override: {', '.join(BACKGROUNDS)}.")
     resolution: Literal["standard", "high"] = Field("standard", description="standard: 800x800, high: 1200x1200.")
     style_intensity: float | None = Field(None, ge=0.0, le=1.0, description="0..1; default per style.")
-    cache_input: bool = Field(False, description="Keep the decoded input for 24 h to speed up re-generation.")
 
     @model_validator(mode="after")
     def _check(self) -> "GenerateRequest":

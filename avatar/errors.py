@@ -22,10 +22,18 @@ class AvatarError(Exception):
             self.status = status
         self.extra = dict(extra or {})
 
+    def __reduce__(self):  # keep field/code/status/extra when the error crosses a process boundary
+        return (_rebuild, (type(self), self.message, self.field, self.code, self.status, self.extra))
+
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"error": {"code": self.code, "message": self.message, "field": self.field}}
         body.update(self.extra)
         return body
+
+
+def _rebuild(cls: type[AvatarError], message: str, field: str | None, code: str, status: int,
+             extra: dict[str, Any]) -> AvatarError:
+    return cls(message, field=field, code=code, status=status, extra=extra)
 
 
 class InvalidRequest(AvatarError):

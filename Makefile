@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make run` (the service on 127.0.0.1:8000) and `make test`.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+HOST    ?= 127.0.0.1
+PORT    ?= 8000
+# The CPU build of torch: a local wheel folder where the machine has one, else PyTorch's CPU index.
+WHEELS  ?= /opt/wheels
+TORCH_SRC := $(if $(wildcard $(WHEELS)/torch-*.whl),--find-links $(WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: install models run test bench clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
+	@test -x $(PY) || uv venv -q $(VENV) --python 3.11
+	uv pip install -q --python $(PY) $(TORCH_SRC) -r requirements.txt -e .
+	@touch $@
+
+install: $(VENV)/.installed
+
+models: install
+	$(PY) -m avatar.cli models fetch
+
+run: models
+	$(PY) -m avatar.cli serve --host $(HOST) --port $(PORT)
+
+test: models
+	$(PY) -m pytest -q -ra tests
+
+bench: models
+	$(PY) bench/latency.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

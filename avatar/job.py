@@ -1,0 +1,85 @@
+"""The work item that travels through the stages: request parameters, encoded images and small measurements.
+
+Images are encoded bytes (PNG for crops, JPEG/PNG for the photo) so a hop between Serve replicas costs little; the
+only arrays are the 468 landmarks and the 128-d identity reference.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from avatar.types import Box, StyleSpec, Warning
+
+
+@dataclass
+class PhotoInput:
+    """What LoadPhoto receives: the upload's bytes or a URL (exactly one)."""
+
+    data: bytes | None = None
+    url: str | None = None
+    field: str = "image"
+
+
+@dataclass
+class AvatarJob:
+    request_id: str
+    style: str
+    platform: str
+    size: int
+    intensity: float
+    palette: str | None = None
+    background: str | None = None
+    account: str | None = None
+    token: dict | None = None              # a loaded custom style token (custom styles only)
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    photo: bytes | None = None              # upright RGB input, re-encoded
+    photo_size: tuple[int, int] = (0, 0)
+    face_count: int = 0
+    face_coverage: float = 0.0
+    head_angle: float = 0.0
+    input_quality_score: float = 0.0
+    identity_ref: np.ndarray | None = None  # identity embedding of the input face
+
+    aligned: bytes | None = None            # aligned square crop (PNG)
+    work_size: int = 0                      # side of the aligned crop
+    landmarks: np.ndarray | None = None     # (468, 2) in aligned-crop pixels
+    face_box: Box | None = None             # face box in aligned-crop pixels
+    mask: bytes | None = None               # person mask of the aligned crop (PNG, 8-bit)
+    styled: bytes | None = None
+    composed: bytes | None = None
+    output: bytes | None = None             # final image at `size` (PNG)
+
+    attempt: int = 1
+    gate: dict[str, Any] = field(default_factory=dict)
+    likeness_score: float = 0.0
+    billable: bool = False
+    warnings: list[Warning] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    avatar_key: str | None = None
+    thumbnail_key: str | None = None
+
+    @staticmethod
+    def new_request_id() -> str:
+        return "req_" + uuid.uuid4().hex[:20]
+
+    def spec(self) -> StyleSpec:
+        return StyleSpec(style=self.style, intensity=self.intensity, palette=self.palette,
+                         background=self.background, token=self.token)
+
+    def warn(self, code: str, message: str) -> None:
+        if all(w.code != code for w in self.warnings):
+            self.warnings.append(Warning(code, message))
+
+    def output_face_box(self) -> Box | None:
+        """The face box scaled from the aligned crop to the output size."""
+        if self.face_box is None or not self.work_size:
+            return None
+        s = self.size / float(self.work_size)
+        return tuple(v * s for v in self.face_box)  # type: ignore[return-value]

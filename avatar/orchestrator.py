@@ -1,0 +1,62 @@
+"""The generation flow, written once for the Serve ingress and the in-process pipeline.
+
+`call(stage_name, *args)` runs one stage (a Serve handle call or a direct method call); the flow itself is pure:
+load -> detect -> [style -> background -> enhance -> gate] with retries at lower intensity -> save.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+from avatar.job import AvatarJob, PhotoInput
+from avatar.stages import retry_job
+
+StageCall = Callable[..., Awaitable[AvatarJob]]
+
+RENDER_STAGES = ("style_apply", "bg_generate", "detail_enhance")
+
+
+async def generate(job: AvatarJob, source: PhotoInput, call: StageCall, gate: Any | None = None) -> AvatarJob:
+    """Run the whole flow; `gate` is a `avatar.gate.GateConfig` (None: no quality gate stage is called)."""
+    job = await call("load_photo", job, source)
+    job = await call("face_detect", job)
+    base, current, attempts = job, job, []
+    while True:
+        out = current
+        for name in RENDER_STAGES:
+            out = await call(name, out)
+        if gate is None:
+            out.billable = True
+            return await call("save_avatar", out)
+        out = await call("quality_gate", out)
+        attempts.append(out)
+        if out.gate.get("passed"):
+            break
+        plan = _plan(out, gate)
+        if plan is None:
+            break
+        current = retry_job(base, out, plan.intensity, plan.background)
+    best = out if out.gate.get("passed") else _best(attempts)
+    best.attempt = len(attempts)
+    _finalise(best, attempts)
+    return await call("save_avatar", best)
+
+
+def _plan(out: AvatarJob, gate: Any):
+    from avatar.gate import plan_retry
+    return plan_retry(out.attempt, out.intensity, out.gate, gate, background=out.background, style=out.style)
+
+
+def _best(attempts: list[AvatarJob]) -> AvatarJob:
+    from avatar.gate import pick_best
+    return attempts[pick_best([a.gate for a in attempts])]
+
+
+def _finalise(best: AvatarJob, attempts: list[AvatarJob]) -> None:
+    """Billing and warnings: billable only when every check passed; warnings name every check not met."""
+    best.billable = bool(best.gate.get("passed"))
+    for w in best.gate.get("warnings", []):
+        best.warn(w["code"], w["message"])
+    if not best.billable:
+        best.warn("quality_gate_failed", f"no attempt passed every check after {len(attempts)} attempts; "
+                                         "the best output is returned and not billed")

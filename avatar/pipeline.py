@@ -1,0 +1,37 @@
+"""The whole flow in one process, for the CLI, tests and benchmarks: same stages and orchestration as the Serve app."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from avatar import orchestrator
+from avatar.assembly import STAGE_BUILDERS
+from avatar.contracts import GenerateRequest
+from avatar.job import AvatarJob, PhotoInput
+
+
+@dataclass
+class LocalPipeline:
+    """Builds every stage from `configs` (deployment user_config dicts keyed by stage name) and runs them in-process."""
+
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gate: bool = True
+
+    def __post_init__(self) -> None:
+        names = [n for n in STAGE_BUILDERS if self.gate or n != "quality_gate"]
+        self.stages = {n: STAGE_BUILDERS[n](self.configs.get(n, {})) for n in names}
+        self.gate_config = None
+        if self.gate:
+            from avatar.gate import GateConfig
+            self.gate_config = GateConfig.from_dict(self.configs.get("gate", {}))
+
+    async def _call(self, name: str, *args: Any) -> AvatarJob:
+        return self.stages[name].run(*args)
+
+    def generate(self, request: GenerateRequest, source: PhotoInput) -> AvatarJob:
+        job = AvatarJob(request_id=AvatarJob.new_request_id(), style=request.resolved_style,
+                        platform=request.platform, size=request.size, intensity=request.resolved_intensity,
+                        palette=request.palette, background=request.background)
+        return asyncio.run(orchestrator.generate(job, source, self._call, self.gate_config))

@@ -1,0 +1,258 @@
+"""The six pipeline stages (plus the quality gate) as plain objects: `run(job) -> job`.
+
+Each stage holds its loaded components and does one step; Serve deployments wrap one stage each, the in-process
+pipeline (CLI, tests, benchmarks) calls them directly. Nothing here knows about Ray.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from avatar import __version__
+from avatar.errors import InvalidRequest, NoFaceDetected
+from avatar.fetch import FetchPolicy, fetch_image
+from avatar.imageio import (DecodeLimits, decode_mask, decode_photo, decode_trusted, encode_jpeg, encode_lossless,
+                            encode_mask)
+from avatar.job import AvatarJob, PhotoInput
+from avatar.platforms import PLATFORMS
+from avatar.storage import Storage
+
+
+@contextmanager
+def timed(job: AvatarJob, name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        job.timings[name] = round(job.timings.get(name, 0.0) + (time.perf_counter() - start) * 1000, 2)
+
+
+# ---------------------------------------------------------------- LoadPhoto
+@dataclass
+class LoadedPhoto:
+    photo: bytes
+    width: int
+    height: int
+
+
+class LoadPhotoStage:
+    """Fetch (URL) and decode untrusted bytes into an upright RGB photo, re-encoded for the next hop."""
+
+    name = "load_photo"
+
+    def __init__(self, limits: DecodeLimits = DecodeLimits(), fetch_policy: FetchPolicy = FetchPolicy(),
+                 max_working_side: int = 2048) -> None:
+        self.limits = limits
+        self.fetch_policy = fetch_policy
+        self.max_working_side = max_working_side
+
+    def load(self, source: PhotoInput) -> np.ndarray:
+        data = source.data if source.data is not None else fetch_image(source.url or "", self.fetch_policy)
+        return decode_photo(data, self.limits, field=source.field if source.data is not None else "image_url")
+
+    def run(self, job: AvatarJob, source: PhotoInput) -> AvatarJob:
+        with timed(job, self.name):
+            rgb = self.load(source)
+            job.photo_size = (rgb.shape[1], rgb.shape[0])
+            rgb = _limit_side(rgb, self.max_working_side)
+            job.photo = encode_lossless(rgb) if rgb.size <= 1_500_000 * 3 else encode_jpeg(rgb, 95)
+        return job
+
+
+def _limit_side(rgb: np.ndarray, side: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    if max(h, w) <= side:
+        return rgb
+    scale = side / float(max(h, w))
+    img = Image.fromarray(rgb).resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS)
+    return np.asarray(img)
+
+
+# ---------------------------------------------------------------- FaceDetect
+class FaceDetectStage:
+    """Find the dominant face, score the input, align the head to the platform's template, embed the identity."""
+
+    name = "face_detect"
+
+    def __init__(self, analyzer, identity, work_size: int = 512, min_coverage: float = 0.15) -> None:
+        self.analyzer = analyzer
+        self.identity = identity
+        self.work_size = work_size
+        self.min_coverage = min_coverage
+
+    def inspect(self, rgb: np.ndarray):
+        """Faces (dominant first) and the quality report of the dominant one: the cheap pre-flight."""
+        from avatar.quality import assess_input
+        faces = self.analyzer.detect(rgb)
+        return faces, assess_input(rgb, faces[0] if faces else None)
+
+    def run(self, job: AvatarJob) -> AvatarJob:
+        from avatar.face.align import align_face
+        with timed(job, self.name):
+            rgb = decode_trusted(job.photo)
+            faces, report = self.inspect(rgb)
+            job.face_count = len(faces)
+            job.input_quality_score = round(float(report.score), 4)
+            if not faces:
+                raise NoFaceDetected("no face was found in the image", field="image",
+                                     extra={"face_detected": False, "face_count": 0,
+                                            "input_quality_score": job.input_quality_score})
+            face = faces[0]
+            job.face_coverage = round(float(report.face_coverage), 4)
+            job.head_angle = round(float(report.head_angle), 2)
+            if job.face_coverage < self.min_coverage:
+                raise InvalidRequest(
+                    f"the face covers {job.face_coverage:.0%} of the frame's shorter side; at least "
+                    f"{self.min_coverage:.0%} is required (crop closer to the face)", field="image",
+                    code="face_too_small", extra={"face_detected": True, "face_count": len(faces),
+                                                  "face_coverage": job.face_coverage,
+                                                  "input_quality_score": job.input_quality_score})
+            for w in report.warnings:
+                job.warn(w.code, w.message)
+            if len(faces) > 1:
+                job.warn("multiple_faces", f"{len(faces)} faces found; the largest, most central one was used")
+            aligned = align_face(rgb, face, PLATFORMS[job.platform].framing, self.work_size)
+            job.aligned = encode_lossless(aligned.image)
+            job.work_size = aligned.image.shape[0]
+            job.landmarks = aligned.landmarks.astype(np.float32)
+            job.face_box = tuple(float(v) for v in aligned.face_box)
+            job.identity_ref = self.identity.embed(rgb, face.box) if self.identity is not None else None
+            job.photo = None   # the photo is not needed past this point and is never stored
+        return job
+
+
+# ---------------------------------------------------------------- StyleApply
+class StyleApplyStage:
+    name = "style_apply"
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def run(self, job: AvatarJob) -> AvatarJob:
+        with timed(job, self.name):
+            styled = self.engine.apply(decode_trusted(job.aligned), job.landmarks, job.spec())
+            job.styled = encode_lossless(styled)
+            job.versions["style_engine"] = f"{self.engine.name}/{self.engine.version}"
+            if getattr(self.engine, "model_id", None):
+                job.versions["style_model"] = str(self.engine.model_id)
+        return job
+
+
+# ---------------------------------------------------------------- BgGenerate
+class BgGenerateStage:
+    name = "bg_generate"
+
+    def __init__(self, segmenter, engine) -> None:
+        self.segmenter = segmenter
+        self.engine = engine
+
+    def run(self, job: AvatarJob) -> AvatarJob:
+        with timed(job, self.name):
+            if job.mask is None:   # the mask depends only on the aligned crop: computed once, kept for retries
+                job.mask = encode_mask(self.segmenter.mask(decode_trusted(job.aligned)))
+            out = self.engine.render(decode_trusted(job.styled), decode_mask(job.mask), job.landmarks, job.spec())
+            job.composed = encode_lossless(out)
+            job.versions["background_engine"] = f"{self.engine.name}/{self.engine.version}"
+        return job
+
+
+# ---------------------------------------------------------------- DetailEnhance
+class DetailEnhanceStage:
+    name = "detail_enhance"
+
+    def __init__(self, enhancer) -> None:
+        self.enhancer = enhancer
+
+    def run(self, job: AvatarJob) -> AvatarJob:
+        with timed(job, self.name):
+            result = self.enhancer.enhance(decode_trusted(job.composed), job.landmarks, job.size, job.style)
+            image = getattr(result, "image", result)
+            job.output = encode_lossless(image)
+            used = getattr(result, "upscaler_used", None)
+            if used:
+                job.versions["upscaler"] = str(used) if isinstance(used, str) else "realesr-animevideov3-x4"
+        return job
+
+
+# ---------------------------------------------------------------- QualityGate
+class QualityGateStage:
+    """Face presence, likeness against the input face, content safety: decides retries and billing."""
+
+    name = "quality_gate"
+
+    def __init__(self, gate) -> None:
+        self.gate = gate
+
+    def run(self, job: AvatarJob) -> AvatarJob:
+        with timed(job, self.name):
+            result = self.gate.evaluate(decode_trusted(job.output), job.output_face_box(), job.identity_ref,
+                                        job.platform, job.style)
+            job.gate = gate_dict(result)
+            job.likeness_score = float(job.gate.get("likeness", 0.0))
+        return job
+
+
+def gate_dict(result) -> dict:
+    """A GateResult as plain data (it travels back to the ingress and into the usage log)."""
+    from dataclasses import asdict
+    data = asdict(result)
+    data["warnings"] = [{"code": w["code"], "message": w["message"]} for w in data.get("warnings", [])]
+    return data
+
+
+# ---------------------------------------------------------------- SaveAvatar
+class SaveAvatarStage:
+    """Final PNG with text metadata plus a 100x100 thumbnail, written to storage; returns their keys."""
+
+    name = "save_avatar"
+
+    def __init__(self, storage: Storage, thumbnail_size: int = 100, compress_level: int = 3) -> None:
+        self.storage = storage
+        self.thumbnail_size = thumbnail_size
+        self.compress_level = compress_level
+
+    def metadata(self, job: AvatarJob) -> dict[str, str]:
+        meta = {"Software": f"avatar-service {__version__}", "avatar:style": job.style,
+                "avatar:platform": job.platform, "avatar:request_id": job.request_id,
+                "avatar:created_at": job.created_at, "avatar:likeness_score": f"{job.likeness_score:.4f}",
+                "avatar:attempts": str(job.attempt)}
+        if job.token:
+            meta["avatar:style_version"] = str(job.token.get("version", ""))
+        meta.update({f"avatar:{k}": v for k, v in sorted(job.versions.items())})
+        return meta
+
+    def run(self, job: AvatarJob) -> AvatarJob:
+        with timed(job, self.name):
+            image = Image.fromarray(decode_trusted(job.output))
+            info = PngInfo()
+            for key, value in self.metadata(job).items():
+                info.add_text(key, value)
+            day = job.created_at[:10].replace("-", "/")
+            job.avatar_key = f"avatars/{day}/{job.request_id}.png"
+            job.thumbnail_key = f"avatars/{day}/{job.request_id}_thumb.png"
+            self.storage.put(job.avatar_key, _png(image, info, self.compress_level))
+            thumb = image.resize((self.thumbnail_size, self.thumbnail_size), Image.Resampling.LANCZOS)
+            self.storage.put(job.thumbnail_key, _png(thumb, info, self.compress_level))
+            job.styled = job.composed = job.aligned = job.mask = None   # keep the reply small
+        return job
+
+
+def _png(image: Image.Image, info: PngInfo, level: int) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info, compress_level=level)
+    return buf.getvalue()
+
+
+def retry_job(base: AvatarJob, attempt: AvatarJob, intensity: float, background: str | None) -> AvatarJob:
+    """The next attempt: same aligned face (and mask), lower intensity, maybe a calmer background."""
+    return replace(base, intensity=intensity, background=background or base.background, mask=attempt.mask,
+                   attempt=attempt.attempt + 1, timings=dict(attempt.timings), warnings=list(base.warnings),
+                   versions=dict(attempt.versions), styled=None, composed=None, output=None, gate={})

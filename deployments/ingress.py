@@ -1,0 +1,142 @@
+"""AvatarIngress: the HTTP front door. Admission (parsing, validation, limits, timeouts) lives here; model work
+happens in the stage deployments it composes through handles."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from avatar import orchestrator
+from avatar.config import ServiceSettings
+from avatar.contracts import GenerateRequest, parse_request
+from avatar.errors import AvatarError, NotFound, StageFailed
+from avatar.imageio import b64decode_image
+from avatar.job import AvatarJob, PhotoInput
+from avatar.storage import Storage, UrlSigner
+from deployments.http import error_response, openapi_document, parse_payload
+
+log = logging.getLogger("avatar.ingress")
+
+STAGE_NAMES = ("load_photo", "face_detect", "style_apply", "bg_generate", "detail_enhance", "quality_gate",
+               "save_avatar")
+
+
+@dataclass
+class IngressConfig:
+    request_timeout_s: float = 60.0
+    max_body_bytes: int = 20 * 2**20
+    public_url: str = ""
+
+
+@serve.deployment(name="AvatarIngress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+class AvatarIngress:
+    def __init__(self, load_photo: DeploymentHandle, face_detect: DeploymentHandle, style_apply: DeploymentHandle,
+                 bg_generate: DeploymentHandle, detail_enhance: DeploymentHandle,
+                 quality_gate: DeploymentHandle | None, save_avatar: DeploymentHandle) -> None:
+        handles = (load_photo, face_detect, style_apply, bg_generate, detail_enhance, quality_gate, save_avatar)
+        self.handles = {n: h for n, h in zip(STAGE_NAMES, handles) if h is not None}
+        self.settings = ServiceSettings()
+        self.signer = UrlSigner(self.settings.signing_secret(), self.settings.url_ttl_s)
+        self.storage = Storage(self.settings.resolved_storage_uri)
+        self.config = IngressConfig(public_url=self.settings.public_url)
+        self.gate_config: Any = None
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        config = dict(config or {})
+        gate = config.pop("gate", None)
+        self.config = IngressConfig(**{**self.config.__dict__, **config})
+        if "quality_gate" in self.handles:
+            from avatar.gate import GateConfig
+            self.gate_config = GateConfig.from_dict(gate or {})
+
+    async def __call__(self, request: Request) -> Response:
+        path, method = request.url.path.rstrip("/") or "/", request.method
+        try:
+            if path == "/v1/avatar/generate" and method == "POST":
+                return await self.generate(request)
+            if path.startswith("/v1/files/") and method in ("GET", "HEAD"):
+                return self.serve_file(request, path.removeprefix("/v1/files/"))
+            if path == "/healthz" and method == "GET":
+                return JSONResponse({"status": "ok"})
+            if path in ("/openapi.json", "/v1/openapi.json") and method == "GET":
+                return JSONResponse(openapi_document())
+            raise NotFound(f"no route {method} {path}", field=None)
+        except AvatarError as exc:
+            return error_response(exc)
+
+    async def _call(self, name: str, *args: Any) -> AvatarJob:
+        return await self.handles[name].run.remote(*args)
+
+    async def generate(self, request: Request) -> Response:
+        started = time.perf_counter()
+        payload, upload = await parse_payload(request, self.config.max_body_bytes)
+        req: GenerateRequest = parse_request(GenerateRequest, payload)
+        source = _photo_input(req, upload)
+        job = AvatarJob(request_id=AvatarJob.new_request_id(), style=req.resolved_style, platform=req.platform,
+                        size=req.size, intensity=req.resolved_intensity, palette=req.palette,
+                        background=req.background)
+        try:
+            job = await asyncio.wait_for(orchestrator.generate(job, source, self._call, self.gate_config),
+                                         timeout=self.config.request_timeout_s)
+        except AvatarError as exc:
+            return error_response(exc, job.request_id)
+        except asyncio.TimeoutError:
+            return error_response(StageFailed(f"generation took longer than {self.config.request_timeout_s:.0f} s",
+                                              code="timeout", status=504), job.request_id)
+        except Exception as exc:  # noqa: BLE001 - a failing stage answers 5xx; the service stays up
+            log.exception("request %s failed in a stage", job.request_id)
+            return error_response(_stage_error(exc), job.request_id)
+        return JSONResponse(self.response_body(request, job, started))
+
+    def response_body(self, request: Request, job: AvatarJob, started: float) -> dict[str, Any]:
+        base = self.config.public_url or str(request.base_url)
+        avatar_url, expires = self.signer.sign(base, job.avatar_key)
+        thumb_url, _ = self.signer.sign(base, job.thumbnail_key)
+        gate = job.gate or {}
+        return {
+            "avatar_url": avatar_url, "thumbnail_url": thumb_url,
+            "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)),
+            "face_detected": True, "face_count": job.face_count, "face_coverage": job.face_coverage,
+            "input_quality_score": job.input_quality_score,
+            "likeness_score": round(float(gate.get("likeness", job.likeness_score)), 4),
+            "validation_warnings": [{"code": w.code, "message": w.message} for w in job.warnings],
+            "style": job.style, "style_version": (job.token or {}).get("version"), "platform": job.platform,
+            "width": job.size, "height": job.size, "request_id": job.request_id,
+            "attempts": job.attempt, "billable": job.billable, "checks": gate.get("checks", {}),
+            "auto_accept": bool(gate.get("auto_accept", False)), "needs_review": bool(gate.get("needs_review", False)),
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1), "stage_ms": job.timings,
+            "created_at": job.created_at,
+        }
+
+    def serve_file(self, request: Request, key: str) -> Response:
+        self.signer.verify(key, request.query_params.get("expires"), request.query_params.get("signature"))
+        data = self.storage.get(key)
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _photo_input(req: GenerateRequest, upload: bytes | None) -> PhotoInput:
+    if upload is not None:
+        return PhotoInput(data=upload, field="image")
+    if req.image is not None:
+        return PhotoInput(data=b64decode_image(req.image), field="image")
+    return PhotoInput(url=req.image_url, field="image_url")
+
+
+def _stage_error(exc: Exception) -> AvatarError:
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, AvatarError):
+        return cause
+    name = type(exc).__name__
+    if "BackPressure" in name:
+        return StageFailed("the service is at capacity; retry shortly", code="overloaded", status=503)
+    if "Unavailable" in name or "ActorDied" in name or "ActorUnavailable" in name:
+        return StageFailed("a pipeline stage is restarting; retry shortly", code="stage_unavailable", status=503)
+    return StageFailed("the avatar could not be generated because a pipeline stage failed", code="stage_failed")
