@@ -1,0 +1,131 @@
+"""Admission without a cluster: request validation, photo decoding limits, signed URLs, storage, URL fetch policy."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from avatar import fetch as fetch_mod
+from avatar.contracts import GenerateRequest, parse_request
+from avatar.errors import AvatarError, FetchRefused, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType
+from avatar.fetch import FetchPolicy, fetch_image
+from avatar.imageio import b64decode_image, decode_photo
+from avatar.storage import Storage, UrlSigner
+
+
+def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_request_defaults_follow_the_platform():
+    req = parse_request(GenerateRequest, {"image": "eA==", "platform": "discord"})
+    assert req.resolved_style == "anime_character" and req.size == 800
+    req = parse_request(GenerateRequest, {"image": "eA==", "platform": "linkedin", "resolution": "high"})
+    assert req.resolved_style == "corporate_headshot" and req.size == 1200
+    with pytest.raises(AvatarError) as err:
+        parse_request(GenerateRequest, {"image": "eA==", "palette": "rainbow"})
+    assert err.value.field == "palette" and "neutral_grey" in err.value.message
+
+
+def test_decode_applies_exif_orientation():
+    tall = Image.fromarray(np.zeros((400, 300, 3), np.uint8))   # 300 wide, 400 high
+    exif = Image.Exif()
+    exif[0x0112] = 6   # rotate 90 on display
+    rgb = decode_photo(_encode(tall, "JPEG", exif=exif.tobytes()))
+    assert rgb.shape[:2] == (300, 400)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_decode_accepts_supported_formats_by_content(fmt):
+    img = Image.fromarray(np.full((256, 256, 4 if fmt == "PNG" else 3), 128, np.uint8))
+    assert decode_photo(_encode(img, fmt)).shape == (256, 256, 3)
+
+
+def test_decode_refusals_name_the_reason():
+    big = Image.fromarray(np.zeros((300, 300, 3), np.uint8))
+    with pytest.raises(UnsupportedMediaType):
+        decode_photo(_encode(big, "GIF"))
+    with pytest.raises(PayloadTooLarge):
+        decode_photo(_encode(big, "JPEG"), limits=type("L", (), {"max_bytes": 10})())  # type: ignore[arg-type]
+    with pytest.raises(AvatarError) as err:
+        decode_photo(_encode(big, "PNG")[:200])
+    assert err.value.code == "corrupt_image"
+    with pytest.raises(AvatarError) as err:
+        b64decode_image("%%%")
+    assert err.value.code == "invalid_base64" and err.value.field == "image"
+    assert b64decode_image("data:image/png;base64," + base64.b64encode(b"abc").decode()) == b"abc"
+
+
+def test_signed_urls(tmp_path):
+    signer = UrlSigner(b"k", ttl_s=60)
+    url, expires = signer.sign("http://h", "avatars/a.png", now=1000)
+    sig = url.split("signature=")[1]
+    signer.verify("avatars/a.png", str(expires), sig, now=1030)
+    for key, exp, s, now in [("avatars/b.png", str(expires), sig, 1030), ("avatars/a.png", str(expires + 1), sig, 1030),
+                             ("avatars/a.png", str(expires), sig, 2000), ("avatars/a.png", None, sig, 1030)]:
+        with pytest.raises(Forbidden):
+            signer.verify(key, exp, s, now=now)
+    assert UrlSigner(b"other")._sig("avatars/a.png", expires) != sig
+
+
+def test_storage_round_trip_and_key_safety(tmp_path):
+    store = Storage(str(tmp_path / "s"))
+    store.put("a/b/c.png", b"123")
+    assert store.get("a/b/c.png") == b"123" and store.exists("a/b/c.png")
+    assert store.list("a") == ["a/b/c.png"]
+    store.delete("a/b/c.png")
+    assert not store.exists("a/b/c.png")
+    for key in ("../etc/passwd", "/abs", "a/../../x"):
+        with pytest.raises(NotFound):
+            store.get(key)
+
+
+class _Redirect(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        if self.path == "/photo.png":
+            body = _encode(Image.fromarray(np.zeros((210, 210, 3), np.uint8)), "PNG")
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self.send_response(302)
+            self.send_header("location", "http://169.254.169.254/latest/meta-data/")
+            self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def local_server():
+    server = HTTPServer(("127.0.0.1", 0), _Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def test_fetch_refuses_private_targets_even_after_a_redirect(local_server, monkeypatch):
+    for url in ("http://127.0.0.1/x", "http://169.254.169.254/", "http://[::1]/", "http://10.1.2.3/", "file:///etc/passwd"):
+        with pytest.raises(FetchRefused):
+            fetch_image(url)
+    # A public-looking host that answers with a redirect to the metadata address is refused at the second hop.
+    real_resolve = fetch_mod._resolve
+    monkeypatch.setattr(fetch_mod, "_resolve",
+                        lambda host, port, policy: "127.0.0.1" if host == "photos.example" else
+                        real_resolve(host, port, policy))
+    with pytest.raises(FetchRefused) as err:
+        fetch_image(f"http://photos.example:{local_server}/start")
+    assert "169.254.169.254" in err.value.message
+    data = fetch_image(f"http://photos.example:{local_server}/photo.png")
+    assert decode_photo(data, field="image_url").shape == (210, 210, 3)
+    with pytest.raises(PayloadTooLarge):
+        fetch_image(f"http://photos.example:{local_server}/photo.png", FetchPolicy(max_bytes=100))

@@ -1,0 +1,163 @@
+"""The whole graph through a real local Ray Serve app over HTTP: happy paths, signed URLs, and bad inputs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import struct
+import tempfile
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = [pytest.mark.serve, pytest.mark.timeout(900)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service():
+    """A local Ray with the app deployed from serve_config.yaml (CPU profile), torn down after the module."""
+    import ray
+    from ray import serve
+
+    from deployments.launcher import deploy, init_local_ray
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    data = tempfile.mkdtemp(prefix="avatar-data-")
+    os.environ["AVATAR_DATA_DIR"] = data
+    os.environ["AVATAR_SIGNING_SECRET"] = "test-secret"
+    init_local_ray(num_cpus=2, temp_dir=temp)
+    port = _free_port()
+    try:
+        deploy(profile="cpu", port=port)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            yield client
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _b64(image: np.ndarray, fmt: str = "JPEG") -> str:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt, quality=92)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression bomb shape), with a tiny body."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda tag, data: struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("style", ["corporate_headshot", "anime_character", "editorial_portrait"])
+def test_generate_each_style(service, astronaut, style):
+    resp = service.post("/v1/avatar/generate", json={"image": _b64(astronaut), "style": style, "platform": "linkedin"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["face_detected"] is True and body["face_count"] == 1
+    assert body["style"] == style and body["platform"] == "linkedin"
+    assert (body["width"], body["height"]) == (800, 800)
+    assert 0.0 <= body["likeness_score"] <= 1.0 and 0.0 <= body["input_quality_score"] <= 1.0
+    png = service.get(body["avatar_url"])
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(png.content))
+    assert image.size == (800, 800)
+    assert image.text["avatar:style"] == style and image.text["avatar:request_id"] == body["request_id"]
+    assert image.text["avatar:style_engine"].startswith("cpu/")
+    thumb = Image.open(io.BytesIO(service.get(body["thumbnail_url"]).content))
+    assert thumb.size == (100, 100)
+
+
+def test_signed_urls_refuse_tampering(service, astronaut):
+    body = service.post("/v1/avatar/generate", json={"image": _b64(astronaut), "platform": "discord",
+                                                     "resolution": "high"}).json()
+    assert body["style"] == "anime_character" and body["width"] == 1200
+    url = body["avatar_url"]
+    assert Image.open(io.BytesIO(service.get(url).content)).size == (1200, 1200)
+    tampered = url.replace("signature=", "signature=0")
+    assert service.get(tampered).status_code == 403
+    other_key = url.replace(body["request_id"], body["request_id"] + "x")
+    assert service.get(other_key).status_code == 403
+    expired = url.split("expires=")[0] + "expires=1000&" + url.split("&", 1)[1]
+    resp = service.get(expired)
+    assert resp.status_code == 403 and resp.json()["error"]["field"] in ("signature", "expires")
+
+
+def test_multipart_upload(service, astronaut):
+    buf = io.BytesIO()
+    Image.fromarray(astronaut).save(buf, format="PNG")
+    resp = service.post("/v1/avatar/generate", files={"image": ("me.png", buf.getvalue(), "image/png")},
+                        data={"style": "editorial_portrait", "platform": "portfolio", "style_intensity": "0.5"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["style"] == "editorial_portrait"
+
+
+def test_no_face_answers_422(service):
+    from skimage import data
+    resp = service.post("/v1/avatar/generate", json={"image": _b64(data.coffee())})
+    assert resp.status_code == 422
+    body = resp.json()
+    assert body["face_detected"] is False and body["face_count"] == 0
+    assert 0.0 <= body["input_quality_score"] <= 1.0
+    assert body["error"]["code"] == "no_face_detected"
+
+
+def _bad_inputs(astronaut: np.ndarray) -> list[tuple[str, dict | bytes, int, str | None]]:
+    jpeg = base64.b64decode(_b64(astronaut))
+    gif = io.BytesIO()
+    Image.fromarray(astronaut).save(gif, format="GIF")
+    small = _b64(np.asarray(Image.fromarray(astronaut).resize((150, 150))))
+    enc = lambda raw: base64.b64encode(raw).decode()
+    return [
+        ("empty body", b"", 400, None),
+        ("neither image field", {"style": "corporate_headshot"}, 422, "image"),
+        ("both image fields", {"image": enc(jpeg), "image_url": "https://example.com/a.jpg"}, 422, "image"),
+        ("broken base64", {"image": "not*base64!!"}, 422, "image"),
+        ("truncated jpeg", {"image": enc(jpeg[: len(jpeg) // 3])}, 422, "image"),
+        ("gif", {"image": enc(gif.getvalue())}, 415, "image"),
+        ("svg", {"image": enc(b'<svg xmlns="http://www.w3.org/2000/svg" width="300" height="300"/>')}, 415, "image"),
+        ("text", {"image": enc(b"hello, this is not an image at all")}, 415, "image"),
+        ("150x150", {"image": small}, 422, "image"),
+        ("50000x50000 header", {"image": enc(_png_header(50000, 50000))}, 413, "image"),
+        ("url to loopback", {"image_url": "http://127.0.0.1:8000/healthz"}, 422, "image_url"),
+        ("url to metadata", {"image_url": "http://169.254.169.254/latest/meta-data/"}, 422, "image_url"),
+        ("unknown style", {"image": enc(jpeg), "style": "pirate"}, 422, "style"),
+        ("unknown platform", {"image": enc(jpeg), "platform": "myspace"}, 422, "platform"),
+        ("intensity out of range", {"image": enc(jpeg), "style_intensity": 1.5}, 422, "style_intensity"),
+        ("json array", b"[1, 2]", 400, None),
+        ("not json", b"{oops", 400, None),
+    ]
+
+
+def test_bad_inputs_get_clear_4xx_and_service_stays_healthy(service, astronaut):
+    for name, payload, status, field in _bad_inputs(astronaut):
+        if isinstance(payload, bytes):
+            resp = service.post("/v1/avatar/generate", content=payload, headers={"content-type": "application/json"})
+        else:
+            resp = service.post("/v1/avatar/generate", json=payload)
+        assert resp.status_code == status, f"{name}: {resp.status_code} {resp.text}"
+        error = resp.json()["error"]
+        assert error["code"] and error["message"], name
+        assert error["field"] == field, f"{name}: field {error['field']!r}"
+        assert "Traceback" not in resp.text, name
+    unknown = service.post("/v1/avatar/generate", json={"image": "eA==", "platform": "myspace"}).json()
+    assert "linkedin" in unknown["error"]["message"]   # names the allowed values
+    assert service.get("/healthz").json() == {"status": "ok"}
+
+
+def test_openapi_and_unknown_route(service):
+    doc = service.get("/openapi.json").json()
+    assert "/v1/avatar/generate" in doc["paths"]
+    assert "GenerateRequest" in doc["components"]["schemas"]
+    assert service.get("/v1/nothing").status_code == 404
+    assert service.post("/v1/avatar/generate", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
