@@ -94,6 +94,28 @@ class FaceDetectStage:
         faces = self.analyzer.detect(rgb)
         return faces, assess_input(rgb, faces[0] if faces else None)
 
+    def check(self, job: AvatarJob) -> dict:
+        """The pre-flight report of `POST /v1/avatar/check`: what generate would see, without generating."""
+        with timed(job, "check"):
+            rgb = decode_trusted(job.photo)
+            faces, report = self.inspect(rgb)
+        face = faces[0] if faces else None
+        warnings = [{"code": w.code, "message": w.message} for w in report.warnings]
+        if len(faces) > 1:
+            warnings.append({"code": "multiple_faces",
+                             "message": f"{len(faces)} faces found; the largest, most central one would be used"})
+        coverage = float(report.face_coverage) if face else 0.0
+        if face and coverage < self.min_coverage:
+            warnings.append({"code": "face_too_small", "message": f"the face covers {coverage:.0%} of the frame's "
+                                                                 f"shorter side; at least {self.min_coverage:.0%}"})
+        return {"face_detected": face is not None, "face_count": len(faces), "face_coverage": round(coverage, 4),
+                "min_face_coverage": self.min_coverage,
+                "head_angle": {"yaw": round(face.yaw, 1), "pitch": round(face.pitch, 1), "roll": round(face.roll, 1)}
+                if face else None,
+                "input_quality_score": round(float(report.score), 4), "validation_warnings": warnings,
+                "accepted": bool(face) and coverage >= self.min_coverage,
+                "width": job.photo_size[0], "height": job.photo_size[1]}
+
     def run(self, job: AvatarJob) -> AvatarJob:
         from avatar.face.align import align_face
         with timed(job, self.name):

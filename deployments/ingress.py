@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from avatar import orchestrator
 from avatar.config import ServiceSettings
-from avatar.contracts import GenerateRequest, parse_request
+from avatar.contracts import CheckRequest, GenerateRequest, parse_request
 from avatar.errors import AvatarError, NotFound, StageFailed
 from avatar.imageio import b64decode_image
 from avatar.job import AvatarJob, PhotoInput
@@ -62,6 +62,8 @@ class AvatarIngress:
         try:
             if path == "/v1/avatar/generate" and method == "POST":
                 return await self.generate(request)
+            if path == "/v1/avatar/check" and method == "POST":
+                return await self.check(request)
             if path.startswith("/v1/files/") and method in ("GET", "HEAD"):
                 return self.serve_file(request, path.removeprefix("/v1/files/"))
             if path == "/healthz" and method == "GET":
@@ -96,6 +98,23 @@ class AvatarIngress:
             return error_response(_stage_error(exc), job.request_id)
         return JSONResponse(self.response_body(request, job, started))
 
+    async def check(self, request: Request) -> Response:
+        """Pre-flight on an upload: face count, coverage, head angle, quality; no generation, nothing charged."""
+        payload, upload = await parse_payload(request, self.config.max_body_bytes)
+        req: CheckRequest = parse_request(CheckRequest, payload)
+        job = AvatarJob(request_id=AvatarJob.new_request_id(), style="", platform=req.platform, size=0, intensity=0)
+        try:
+            job = await asyncio.wait_for(self._call("load_photo", job, _photo_input(req, upload)),
+                                         timeout=self.config.request_timeout_s)
+            report = await asyncio.wait_for(self.handles["face_detect"].call.remote("check", job),
+                                            timeout=self.config.request_timeout_s)
+        except AvatarError as exc:
+            return error_response(exc, job.request_id)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("check %s failed in a stage", job.request_id)
+            return error_response(_stage_error(exc), job.request_id)
+        return JSONResponse({**report, "platform": req.platform, "request_id": job.request_id})
+
     def response_body(self, request: Request, job: AvatarJob, started: float) -> dict[str, Any]:
         base = self.config.public_url or str(request.base_url)
         avatar_url, expires = self.signer.sign(base, job.avatar_key)
@@ -122,7 +141,7 @@ class AvatarIngress:
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
-def _photo_input(req: GenerateRequest, upload: bytes | None) -> PhotoInput:
+def _photo_input(req: GenerateRequest | CheckRequest, upload: bytes | None) -> PhotoInput:
     if upload is not None:
         return PhotoInput(data=upload, field="image")
     if req.image is not None:

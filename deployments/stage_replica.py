@@ -27,14 +27,18 @@ class StageReplica:
                 old, self.stage, self.config = self.stage, stage, config
             _close(old)
 
-    def _run(self, *args: Any) -> Any:
+    def _call(self, method: str, *args: Any) -> Any:
         with self._lock:
-            return self.stage.run(*args)
+            return getattr(self.stage, method)(*args)
 
-    async def run(self, *args: Any) -> Any:
+    async def call(self, method: str, *args: Any) -> Any:
+        """Runs `stage.<method>(*args)` in a worker thread, one at a time per replica."""
         if self.stage is None:   # deployed without a user_config: build with defaults
             self.reconfigure({})
-        return await asyncio.to_thread(self._run, *args)
+        return await asyncio.to_thread(self._call, method, *args)
+
+    async def run(self, *args: Any) -> Any:
+        return await self.call("run", *args)
 
     async def check_health(self) -> None:
         if self.stage is None and self.config is not None:
