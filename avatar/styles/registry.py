@@ -21,8 +21,19 @@ def _cpu_background(options: dict[str, Any]) -> BackgroundEngine:
     return CpuBackgroundEngine(**options)
 
 
-STYLE_ENGINES: dict[str, Callable[[dict[str, Any]], StyleEngine]] = {"cpu": _cpu_style}
-BACKGROUND_ENGINES: dict[str, Callable[[dict[str, Any]], BackgroundEngine]] = {"cpu": _cpu_background}
+def _diffusion_style(options: dict[str, Any]) -> StyleEngine:
+    from avatar.styles.diffusion import DiffusionStyleEngine
+    return DiffusionStyleEngine(**options)
+
+
+def _diffusion_background(options: dict[str, Any]) -> BackgroundEngine:
+    from avatar.styles.diffusion import DiffusionBackgroundEngine
+    return DiffusionBackgroundEngine(**options)
+
+
+STYLE_ENGINES: dict[str, Callable[[dict[str, Any]], StyleEngine]] = {"cpu": _cpu_style, "diffusion": _diffusion_style}
+BACKGROUND_ENGINES: dict[str, Callable[[dict[str, Any]], BackgroundEngine]] = {
+    "cpu": _cpu_background, "diffusion": _diffusion_background}
 
 
 def create_style_engine(name: str = "cpu", options: dict[str, Any] | None = None) -> StyleEngine:
