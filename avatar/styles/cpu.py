@@ -12,7 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from avatar.face_regions import FACE_OVAL, face_masks, face_scale
+from avatar.face_regions import FACE_OVAL, face_masks, face_scale, mask_box
 from avatar.styles.looks import LOOKS, AnimeLook, CorporateLook, EditorialLook, Look, look_for
 from avatar.types import StyleSpec
 
@@ -90,20 +90,16 @@ def _white_balance(x: np.ndarray, amount: float, max_gain: float) -> np.ndarray:
 
 def _smooth_skin(x: np.ndarray, lm: np.ndarray, weight: np.ndarray, look: CorporateLook) -> np.ndarray:
     """Edge-preserving smoothing blended in by `weight` (the skin mask), computed on the face box only for speed."""
-    ys, xs = np.nonzero(weight > 1e-3)
-    if len(ys) == 0:
+    box = mask_box(weight, pad=8)
+    if box is None:
         return x
-    pad = 8
-    y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, x.shape[0])
-    x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, x.shape[1])
-    roi = x[y0:y1, x0:x1]
+    roi = x[box]
     sigma_space = max(look.smooth_sigma_space * max(x.shape[:2]), 1.0)
     smooth = cv2.bilateralFilter(roi, -1, look.smooth_sigma_color / 255.0, sigma_space)
     fine = roi - cv2.GaussianBlur(roi, (0, 0), 1.0)
     smooth = smooth + fine * look.skin_detail
     out = x.copy()
-    w = weight[y0:y1, x0:x1, None]
-    out[y0:y1, x0:x1] = roi + (smooth - roi) * w
+    out[box] = roi + (smooth - roi) * weight[box][..., None]
     return out
 
 
