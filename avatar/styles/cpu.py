@@ -74,16 +74,17 @@ def render_look(image: np.ndarray, landmarks: np.ndarray, look: Look, t: float) 
 # ---------------------------------------------------------------- corporate_headshot
 def _corporate(x: np.ndarray, lm: np.ndarray, look: CorporateLook, t: float) -> np.ndarray:
     masks = face_masks(x.shape, lm)
-    x = _white_balance(x, look.white_balance * t, look.wb_max_gain)
+    x = _white_balance(x, masks.face < 0.1, look.white_balance * t, look.wb_max_gain)
     x = _smooth_skin(x, lm, masks.skin * (look.skin_smooth * t), look)
     x = _relight_face(x, lm, masks.face, look.shadow_lift * t, look.fill_light * t)
     x = _saturate(x, 1.0 + (look.saturation - 1.0) * t)
     return (x - 0.5) * (1.0 + (look.contrast - 1.0) * t) + 0.5
 
 
-def _white_balance(x: np.ndarray, amount: float, max_gain: float) -> np.ndarray:
-    """Gray-world: scale channels so the mean is neutral; `amount` of the way, gains capped (coloured scenes)."""
-    mean = x.reshape(-1, 3).mean(axis=0) + 1e-6
+def _white_balance(x: np.ndarray, where: np.ndarray, amount: float, max_gain: float) -> np.ndarray:
+    """Gray-world over `where` (off the face: skin is not grey, so it must not steer the balance), `amount` of
+    the way, gains capped so a strongly coloured scene is not over-corrected."""
+    mean = (x[where] if where.any() else x.reshape(-1, 3)).mean(axis=0) + 1e-6
     gains = np.clip(mean.mean() / mean, 1.0 / max_gain, max_gain)
     return x * (1.0 + (gains - 1.0) * amount).astype(np.float32)
 
@@ -189,7 +190,7 @@ def _key_light(shape: tuple[int, int], lm: np.ndarray, look: EditorialLook, t: f
     """Horizontal gain: full light on the key side, falling off across the face towards the other side."""
     cx, _ = _face_centre(lm)
     u = (np.arange(shape[1], dtype=np.float32) - cx) / (face_scale(lm) * look.light_width)
-    ramp = 0.5 * np.tanh(np.sign(look.light_side or -1.0) * -u * 2.0) - 0.3
+    ramp = 0.5 * np.tanh(np.sign(look.light_side or -1.0) * u * 2.0) - 0.3
     gain = 1.0 + look.light_strength * t * ramp
     return np.broadcast_to(gain[None, :], shape).astype(np.float32)
 

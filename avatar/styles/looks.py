@@ -15,15 +15,15 @@ from typing import Any
 class CorporateLook:
     """Photorealistic studio headshot: neutral colour, even light on the face, smoothed skin, nothing stylised."""
 
-    white_balance: float = 0.8     # 0..1 share of the gray-world correction applied (casts from indoor light)
-    wb_max_gain: float = 1.25      # cap on any channel gain, so a strongly coloured scene is not over-corrected
-    shadow_lift: float = 0.55      # 0..1 how far the face's local shadows are lifted towards its mean brightness
-    fill_light: float = 0.08       # 0..0.3 soft frontal fill added on the face (share of full scale)
-    skin_smooth: float = 0.75      # 0..1 blend of the edge-preserving smoothed skin (skin only, never eyes/lips)
-    skin_detail: float = 0.35      # 0..1 share of fine skin texture kept after smoothing (avoids a plastic look)
-    smooth_sigma_color: float = 22.0   # bilateral range sigma (0..255 units): higher merges stronger blemishes
+    white_balance: float = 0.6     # 0..1 share of the gray-world correction applied (casts from indoor light)
+    wb_max_gain: float = 1.15      # cap on any channel gain, so a strongly coloured scene is not over-corrected
+    shadow_lift: float = 0.45      # 0..1 how far the face's local shadows are lifted towards its mean brightness
+    fill_light: float = 0.04       # 0..0.3 soft frontal fill added on the face (share of full scale)
+    skin_smooth: float = 0.85      # 0..1 blend of the edge-preserving smoothed skin (skin only, never eyes/lips)
+    skin_detail: float = 0.2       # 0..1 share of fine skin texture kept after smoothing (avoids a plastic look)
+    smooth_sigma_color: float = 30.0   # bilateral range sigma (0..255 units): higher merges stronger blemishes
     smooth_sigma_space: float = 0.012  # bilateral spatial sigma as a share of the image side
-    saturation: float = 0.92       # 0.5..1.5 global saturation multiplier (a touch below 1 = neutral, corporate)
+    saturation: float = 0.96       # 0.5..1.5 global saturation multiplier (a touch below 1 = neutral, corporate)
     contrast: float = 1.04         # 0.8..1.3 gentle global contrast around mid grey
 
 
