@@ -31,11 +31,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             payload[key] = getattr(args, key)
     req = parse_request(GenerateRequest, payload)
-    pipeline = LocalPipeline(configs={"save_avatar": {"storage_uri": str(Path(args.output).resolve().parent /
-                                                                           ".avatar-store")}})
-    job = pipeline.generate(req, PhotoInput(data=Path(args.photo).read_bytes()))
-    store = pipeline.stages["save_avatar"].storage
-    Path(args.output).write_bytes(store.get(job.avatar_key))
+    store_dir = Path(args.output).resolve().parent / ".avatar-store"
+    with LocalPipeline(configs={"save_avatar": {"storage_uri": str(store_dir)}}) as pipeline:
+        job = pipeline.generate(req, PhotoInput(data=Path(args.photo).read_bytes()))
+        Path(args.output).write_bytes(pipeline.stages["save_avatar"].storage.get(job.avatar_key))
     print(json.dumps({"output": args.output, "face_count": job.face_count, "likeness_score": job.likeness_score,
                       "input_quality_score": job.input_quality_score, "attempts": job.attempt,
                       "billable": job.billable, "warnings": [w.__dict__ for w in job.warnings],

@@ -30,6 +30,20 @@ class LocalPipeline:
     async def _call(self, name: str, *args: Any) -> AvatarJob:
         return self.stages[name].run(*args)
 
+    def close(self) -> None:
+        """Release model runtimes (MediaPipe objects must be closed before interpreter exit)."""
+        for stage in self.stages.values():
+            for attr in ("analyzer", "segmenter", "identity", "engine", "enhancer", "gate"):
+                close = getattr(getattr(stage, attr, None), "close", None)
+                if callable(close):
+                    close()
+
+    def __enter__(self) -> "LocalPipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def generate(self, request: GenerateRequest, source: PhotoInput) -> AvatarJob:
         job = AvatarJob(request_id=AvatarJob.new_request_id(), style=request.resolved_style,
                         platform=request.platform, size=request.size, intensity=request.resolved_intensity,
