@@ -1,7 +1,8 @@
 """Face boxes and the six detector keypoints, from MediaPipe's BlazeFace models through the Tasks API.
 
-The short-range model is tuned for faces that fill a good part of the frame (selfies, headshots); when it finds
-nothing, the full-range sparse model is tried so small faces in wide shots and group photos are still found.
+The short-range model is tuned for faces that fill a good part of the frame (selfies, headshots). When it finds no
+face that large, the full-range sparse model runs too and its extra faces are merged in, so small faces in wide
+shots and group photos are still found; selfies pay for one model only.
 """
 
 from __future__ import annotations
@@ -11,9 +12,14 @@ import numpy as np
 
 from avatar.types import DetectedFace
 
-# Photos are downscaled to this longest side before detection: the models see 128 or 192 px anyway, and
-# converting a 12-megapixel photo into a Tasks image costs more than the inference.
+# Photos are downscaled to this longest side before detection: the models see 128 or 192 px anyway, so a
+# full-resolution copy would only cost time and memory.
 DETECT_MAX_SIDE = 1024
+# The full-range model also runs unless the short-range one found a face the service can use (the minimum face
+# coverage, a share of the shorter side): wide shots and group photos get both models, selfies one.
+FULL_RANGE_BELOW = 0.15
+# Boxes overlapping more than this (intersection over union) are the same face seen by both models.
+SAME_FACE_IOU = 0.3
 
 
 def _create(path: str, min_score: float):
@@ -34,8 +40,17 @@ def _downscale(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return small, scale
 
 
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 class FaceDetector:
-    """BlazeFace short range, with the full-range sparse model as a fallback when it is available."""
+    """BlazeFace short range, plus the full-range sparse model for small faces when it is available."""
 
     def __init__(self, short_range_path: str, full_range_path: str | None = None, min_score: float = 0.5,
                  max_side: int = DETECT_MAX_SIDE) -> None:
@@ -47,8 +62,10 @@ class FaceDetector:
         """All faces in photo pixels (unsorted, no landmarks yet)."""
         small, scale = _downscale(rgb, self.max_side)
         faces = self._run(self._short, small, scale, rgb.shape)
-        if not faces and self._full is not None:
-            faces = self._run(self._full, small, scale, rgb.shape)
+        h, w = rgb.shape[:2]
+        if self._full is not None and all(f.coverage(w, h) < FULL_RANGE_BELOW for f in faces):
+            extra = self._run(self._full, small, scale, rgb.shape)
+            faces += [f for f in extra if all(iou(f.box, g.box) <= SAME_FACE_IOU for g in faces)]
         return faces
 
     @staticmethod
