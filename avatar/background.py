@@ -232,13 +232,22 @@ def _bokeh(shape, centre, p: Palette, rng) -> np.ndarray:
     side = min(h, w)
     for i in range(38):
         colour = np.asarray(p.accents[i % len(p.accents)], np.float32) * rng.uniform(0.25, 0.6)
-        disc = np.zeros((h, w), np.uint8)
         r = rng.uniform(0.03, 0.11) * side
-        cv2.circle(disc, (int(rng.uniform(0, w) * 16), int(rng.uniform(0, h) * 16)), int(r * 16), 255, -1,
-                   cv2.LINE_AA, 4)
-        light += (disc.astype(np.float32) / 255.0)[..., None] * colour
+        _add_disc(light, rng.uniform(0, w), rng.uniform(0, h), r, colour)
     light = cv2.GaussianBlur(light, (0, 0), side * 0.008)
     return np.minimum(bg + light, 255.0)
+
+
+def _add_disc(canvas: np.ndarray, x: float, y: float, r: float, colour: np.ndarray) -> None:
+    """Add an anti-aliased disc of `colour` onto `canvas`, drawing only within its bounding box (overlaps add up)."""
+    h, w = canvas.shape[:2]
+    x0, y0 = max(int(x - r) - 1, 0), max(int(y - r) - 1, 0)
+    x1, y1 = min(int(x + r) + 2, w), min(int(y + r) + 2, h)
+    if x1 <= x0 or y1 <= y0:
+        return
+    disc = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.circle(disc, (int((x - x0) * 16), int((y - y0) * 16)), int(r * 16), 255, -1, cv2.LINE_AA, 4)
+    canvas[y0:y1, x0:x1] += (disc.astype(np.float32) / 255.0)[..., None] * colour
 
 
 _KINDS = {"studio_light": _studio_light, "studio_dark": _studio_dark, "gradient": _gradient,
