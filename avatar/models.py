@@ -71,8 +71,8 @@ CATALOGUE: tuple[ModelFile, ...] = (
               "713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf", "BSD-3-Clause"),
 )
 
-# Components the default pipeline needs; `upscaler_x4plus` and `face_detector_full` are optional alternatives.
-DEFAULT_COMPONENTS: tuple[str, ...] = ("face_detector", "face_landmarks", "person_segmenter", "identity_encoder",
+# Components the default pipeline needs; `upscaler_x4plus` is an optional, slower upscaler.
+DEFAULT_COMPONENTS: tuple[str, ...] = ("face_detector", "face_detector_full", "face_landmarks", "person_segmenter", "identity_encoder",
                                        "identity_shape", "safety_classifier", "upscaler")
 
 
