@@ -72,8 +72,8 @@ CATALOGUE: tuple[ModelFile, ...] = (
 )
 
 # Components the default pipeline needs; `upscaler_x4plus` is an optional, slower upscaler.
-DEFAULT_COMPONENTS: tuple[str, ...] = ("face_detector", "face_detector_full", "face_landmarks", "person_segmenter", "identity_encoder",
-                                       "identity_shape", "safety_classifier", "upscaler")
+DEFAULT_COMPONENTS: tuple[str, ...] = ("face_detector", "face_detector_full", "face_landmarks", "person_segmenter",
+                                       "identity_encoder", "identity_shape", "safety_classifier", "upscaler")
 
 
 def models_dir() -> Path:
