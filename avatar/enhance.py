@@ -77,7 +77,9 @@ class DetailEnhancer:
         net.opt.num_threads = int(options.get("threads", 1))
         if net.load_param(str(param)) != 0 or net.load_model(str(param.with_suffix(".bin"))) != 0:
             raise RuntimeError(f"could not load the upscaler from {param}")
-        return cls(net, **options)
+        enhancer = cls(net, **options)
+        enhancer._run_net(np.zeros((32, 32, 3), np.uint8))   # warm-up: the first inference prepares the weights
+        return enhancer
 
     def enhance(self, image: np.ndarray, landmarks: np.ndarray, size: int, style: str) -> Enhanced:
         """`image` (S, S, 3) uint8 to (size, size, 3) uint8 with the face detail steps of `style`."""
