@@ -51,7 +51,8 @@ def _text_encoder(vocab_size: int):
     from transformers import CLIPTextConfig, CLIPTextModel
     return CLIPTextModel(CLIPTextConfig(
         hidden_size=CROSS_DIM, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        vocab_size=vocab_size, max_position_embeddings=77, projection_dim=CROSS_DIM))
+        vocab_size=vocab_size, max_position_embeddings=77, projection_dim=CROSS_DIM,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1))
 
 
 def build_sd(root: Path, *, seed: int = 0) -> Path:
@@ -62,7 +63,7 @@ def build_sd(root: Path, *, seed: int = 0) -> Path:
     pipe = StableDiffusionImg2ImgPipeline(
         unet=_unet(), vae=_vae(), text_encoder=_text_encoder(len(tokenizer)), tokenizer=tokenizer,
         scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                clip_sample=False, set_alpha_to_one=False),
+                                clip_sample=False, set_alpha_to_one=False, steps_offset=1),
         safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
     pipe.save_pretrained(root)
     return root
@@ -79,7 +80,8 @@ def build_controlnet(root: Path, *, seed: int = 1) -> Path:
     # Random ControlNets are initialised with zero output convolutions (no effect); give them some weight so the
     # test can see the conditioning reach the UNet.
     with torch.no_grad():
-        for p in list(net.controlnet_down_blocks.parameters()) + list(net.controlnet_mid_block.parameters()):
+        zeroed = [net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
+        for p in (q for m in zeroed for q in m.parameters()):
             p.normal_(0, 0.05)
     net.save_pretrained(root)
     return root

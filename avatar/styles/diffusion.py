@@ -166,13 +166,13 @@ def _load_base(loader: _Loader, recipe: StyleRecipe, *, adapters: bool, vae_tili
     ref = loader.resolve(recipe.base_model, "base model")
     family = _family(ref, recipe.family)
     img2img, _, _ = _classes(family)
-    kwargs: dict[str, Any] = {"torch_dtype": loader.dtype}
+    kwargs: dict[str, Any] = {"dtype": loader.dtype}
     if family == "sd":
         kwargs.update(safety_checker=None, requires_safety_checker=False)   # the service has its own safety stage
     if recipe.vae:
         from diffusers import AutoencoderKL
         vref = loader.resolve(recipe.vae, "VAE")
-        kwargs["vae"] = loader.load("VAE", vref, AutoencoderKL.from_pretrained, vref, torch_dtype=loader.dtype)
+        kwargs["vae"] = loader.load("VAE", vref, AutoencoderKL.from_pretrained, vref, dtype=loader.dtype)
     ip = recipe.ip_adapter if adapters else None
     if ip and ip.kind == "clip":
         kwargs.update(_image_encoder(loader, ip))
@@ -437,12 +437,14 @@ class DiffusionStyleEngine(_EngineBase):
             self._pipes[(style, True)] = control_cls.from_pipe(base.pipe, controlnet=net, scheduler=scheduler)
         else:
             self._pipes[(style, False)] = img2img.from_pipe(base.pipe, scheduler=scheduler)
+        for pipe in self._pipes.values():
+            pipe.set_progress_bar_config(disable=True)
 
     def _controlnet(self, ref: str) -> Any:
         if ref not in self._controlnets:
             from diffusers import ControlNetModel
             path = self._loader.resolve(ref, "ControlNet")
-            net = self._loader.load("ControlNet", path, ControlNetModel.from_pretrained, path, torch_dtype=self.dtype)
+            net = self._loader.load("ControlNet", path, ControlNetModel.from_pretrained, path, dtype=self.dtype)
             self._controlnets[ref] = net.to(self.device)
         return self._controlnets[ref]
 
@@ -535,6 +537,7 @@ class DiffusionBackgroundEngine(_EngineBase):
             self._recipe_loras(style, recipe, base)
             self._pipes[style] = _classes(base.family)[2].from_pipe(
                 base.pipe, scheduler=_scheduler(recipe, base.pipe.scheduler))
+            self._pipes[style].set_progress_bar_config(disable=True)
         if warmup:
             self.warm_up(warmup_size)
 
