@@ -11,7 +11,7 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from avatar import face_regions as fr
-from avatar.styles.cpu import CpuStyleEngine, apply_curve, apply_lut
+from avatar.styles.cpu import CpuStyleEngine, apply_lut
 from avatar.styles.looks import LOOKS, look_for
 from avatar.styles.registry import create_style_engine
 from avatar.types import StyleSpec
@@ -145,8 +145,9 @@ def test_token_with_identity_lut_matches_its_base_style(engine, face):
     n = 9
     grid = np.linspace(0.0, 1.0, n, dtype=np.float32)
     identity = np.stack(np.meshgrid(grid, grid, grid, indexing="ij"), axis=-1)
+    curve = np.tile(np.linspace(0.0, 1.0, 8, dtype=np.float32) ** 2, (3, 1))   # baked into the LUT: not re-applied
     spec = StyleSpec(style="sty_custom0001", intensity=0.7,
-                     token={"lut": identity, "params": {"base_style": "editorial_portrait"}})
+                     token={"lut": identity, "curve": curve, "params": {"base_style": "editorial_portrait"}})
     plain = engine.apply(image, lm, StyleSpec(style="editorial_portrait", intensity=0.7))
     assert np.abs(engine.apply(image, lm, spec).astype(int) - plain).max() <= 1
     inverted = dict(spec.token, lut=1.0 - identity)
@@ -157,7 +158,7 @@ def test_token_with_identity_lut_matches_its_base_style(engine, face):
                  plain) > 2.0
 
 
-def test_lut_and_curve_interpolate():
+def test_lut_interpolates_trilinearly():
     rng = np.random.default_rng(0)
     n = 17
     grid = np.linspace(0.0, 1.0, n, dtype=np.float32)
@@ -165,7 +166,6 @@ def test_lut_and_curve_interpolate():
     lut = np.stack([g, b, r], axis=-1)   # a channel rotation: trilinear reproduces it exactly
     x = rng.random((32, 32, 3), dtype=np.float32)
     assert np.allclose(apply_lut(x, lut), x[..., [1, 2, 0]], atol=1e-5)
-    assert np.allclose(apply_curve(x, np.array([0.0, 0.25, 1.0], np.float32))[x < 0.5], x[x < 0.5] / 2, atol=1e-5)
 
 
 def test_unknown_style_is_refused(engine, face):

@@ -38,23 +38,19 @@ class CpuStyleEngine:
 
     def _apply_token(self, image: np.ndarray, token: dict, intensity: float,
                      landmarks: np.ndarray) -> np.ndarray:
-        """A custom style: its base look (with `token["params"]` overriding look fields), then its colour transform.
+        """A custom style: its base look (with `token["params"]` overriding look fields), then its colour map.
 
-        Token keys used: `params` (dict: optional `base_style`, default corporate_headshot, plus any field of that
-        style's look dataclass), `lut` ((N, N, N, 3) float 0..1, indexed [r, g, b]) and `curve` ((M,) float 0..1 tone
-        curve applied per channel after the LUT). Missing keys are skipped.
+        Token keys used (see `avatar.styles.token`): `params` (dict: optional `base_style`, default corporate_headshot,
+        plus any field of that style's look dataclass) and `lut` ((N, N, N, 3) float 0..1, indexed [r, g, b], applied
+        trilinearly). The token's `curve` is already baked into its LUT, so it is not applied again.
         """
         params = dict(token.get("params") or {})
         base = params.pop("base_style", token.get("base_style", "corporate_headshot"))
         out = render_look(image, landmarks, look_for(base, params), intensity)
-        if token.get("lut") is None and token.get("curve") is None:
+        if token.get("lut") is None:
             return out
         x = out.astype(np.float32) / 255.0
-        graded = x
-        if token.get("lut") is not None:
-            graded = apply_lut(graded, np.asarray(token["lut"], np.float32))
-        if token.get("curve") is not None:
-            graded = apply_curve(graded, np.asarray(token["curve"], np.float32))
+        graded = apply_lut(x, np.asarray(token["lut"], np.float32))
         return _to_u8(x + (graded - x) * intensity)
 
 
@@ -254,12 +250,6 @@ def apply_lut(x: np.ndarray, lut: np.ndarray) -> np.ndarray:
                 w = wg * (f[:, 2] if db else 1.0 - f[:, 2])
                 out += flat[base + (dr * n + dg) * n + db] * w[:, None]
     return out.reshape(x.shape)
-
-
-def apply_curve(x: np.ndarray, curve: np.ndarray) -> np.ndarray:
-    """Per-channel tone curve: `curve` holds M output values for inputs evenly spaced over 0..1."""
-    grid = np.linspace(0.0, 1.0, len(curve), dtype=np.float32)
-    return np.interp(np.clip(x, 0.0, 1.0), grid, curve).astype(np.float32)
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:
