@@ -96,6 +96,9 @@ def test_skin_tone_correction_removes_a_cast_and_leaves_natural_skin(face):
     fixed = correct_skin_tone(green, skin, 1.0)
     print(f"skin hue: natural {skin_hue(natural):.1f}, green cast {skin_hue(green):.1f}, corrected {skin_hue(fixed):.1f}")
     assert abs(skin_hue(fixed) - skin_hue(natural)) < abs(skin_hue(green) - skin_hue(natural)) / 2
-    lightness = [cv2.cvtColor(np.clip(x / 255.0, 0, 1).astype(np.float32), cv2.COLOR_RGB2Lab)[..., 0][skin > 0.9].mean()
-                 for x in (green, fixed)]
-    assert abs(lightness[0] - lightness[1]) < 1.5
+    def lightness(x: np.ndarray) -> float:
+        return float(cv2.cvtColor(np.clip(x / 255.0, 0, 1).astype(np.float32), cv2.COLOR_RGB2Lab)[..., 0][skin > 0.9]
+                     .mean())
+
+
+    assert abs(lightness(green) - lightness(fixed)) < 1.5
