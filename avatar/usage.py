@@ -1,0 +1,142 @@
+"""Usage log: one row per avatar request, the record billing reads (platforms pay only for `billable` rows).
+
+Rows are buffered in memory and written as Parquet, one file per time window (hourly by default) under
+`<root>/date=YYYY-MM-DD/hour=HH/part-<writer>-<seq>.parquet`, through pyarrow.fs so the root may be a local
+directory or an `s3://` / `gs://` URI. Each flush writes a new file (object stores have no append), so a window holds
+one file per writer unless its buffer filled or was flushed explicitly. Read it back with
+`pyarrow.dataset.dataset(root, format="parquet", partitioning="hive")`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema([
+    ("request_id", pa.string()), ("account", pa.string()), ("style", pa.string()), ("platform", pa.string()),
+    ("face_present", pa.bool_()), ("likeness_ok", pa.bool_()), ("content_safe", pa.bool_()),
+    ("attempts", pa.int32()), ("likeness", pa.float32()), ("nsfw", pa.float32()),
+    ("input_quality", pa.float32()), ("latency_ms", pa.float32()), ("billable", pa.bool_()),
+    ("created_at", pa.timestamp("ms", tz="UTC")),
+])
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class UsageRecord:
+    request_id: str
+    account: str
+    style: str
+    platform: str
+    face_present: bool
+    likeness_ok: bool
+    content_safe: bool
+    attempts: int
+    likeness: float
+    nsfw: float
+    input_quality: float
+    latency_ms: float
+    billable: bool
+    created_at: datetime = field(default_factory=_now)
+
+    @classmethod
+    def from_gate(cls, request_id: str, account: str, style: str, platform: str, result, attempts: int,
+                  input_quality: float, latency_ms: float, created_at: datetime | None = None) -> UsageRecord:
+        """A record from the returned attempt's GateResult: billable exactly when it passed the gate."""
+        return cls(request_id, account, style, platform, bool(result.checks.get("face_present")),
+                   bool(result.checks.get("likeness")), bool(result.checks.get("content_safety")), attempts,
+                   float(result.likeness), float(result.nsfw), float(input_quality), float(latency_ms),
+                   bool(result.passed), created_at or _now())
+
+
+@dataclass(frozen=True)
+class Window:
+    """A time bucket: `seconds` long, aligned to the epoch (3600 = clock hours)."""
+
+    start: datetime
+    seconds: int
+
+    @classmethod
+    def of(cls, ts: datetime, seconds: int) -> Window:
+        ts = ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+        epoch = int(ts.timestamp()) // seconds * seconds
+        return cls(datetime.fromtimestamp(epoch, timezone.utc), seconds)
+
+    def prefix(self) -> str:
+        s = self.start
+        path = f"date={s:%Y-%m-%d}/hour={s:%H}"
+        return path if self.seconds >= 3600 else f"{path}/minute={s:%M}"
+
+
+class UsageLog:
+    """Thread-safe buffered Parquet writer; rows become readable after `flush()` (or window change / size / close)."""
+
+    def __init__(self, root_uri: str, window_seconds: int = 3600, max_rows: int = 10_000) -> None:
+        self.filesystem, self.root = pafs.FileSystem.from_uri(_as_uri(root_uri))
+        self.window_seconds = window_seconds
+        self.max_rows = max_rows
+        self.writer_id = uuid.uuid4().hex[:12]
+        self._buffers: dict[Window, list[UsageRecord]] = {}
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def append(self, record: UsageRecord) -> None:
+        """Buffer one row; a row of a newer window flushes the older windows first."""
+        window = Window.of(record.created_at, self.window_seconds)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("usage log is closed")
+            for old in [w for w in self._buffers if w.start < window.start]:
+                self._write(old, self._buffers.pop(old))
+            rows = self._buffers.setdefault(window, [])
+            rows.append(record)
+            if len(rows) >= self.max_rows:
+                self._write(window, self._buffers.pop(window))
+
+    def flush(self) -> list[str]:
+        """Write every buffered window; returns the paths written."""
+        with self._lock:
+            return [self._write(w, self._buffers.pop(w)) for w in sorted(self._buffers, key=lambda w: w.start)]
+
+    def close(self) -> None:
+        self.flush()
+        with self._lock:
+            self._closed = True
+
+    def __enter__(self) -> UsageLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, window: Window, rows: list[UsageRecord]) -> str:
+        directory = f"{self.root.rstrip('/')}/{window.prefix()}"
+        self.filesystem.create_dir(directory, recursive=True)
+        self._seq += 1
+        path = f"{directory}/part-{window.start:%Y%m%dT%H%M}-{self.writer_id}-{self._seq:05d}.parquet"
+        pq.write_table(_table(rows), path, filesystem=self.filesystem)
+        return path
+
+
+def _table(rows: list[UsageRecord]) -> pa.Table:
+    cols = {f.name: [getattr(r, f.name) for r in rows] for f in dataclasses.fields(UsageRecord)}
+    return pa.Table.from_pydict(cols, schema=SCHEMA)
+
+
+def _as_uri(root: str) -> str:
+    """Plain paths become absolute file URIs; scheme URIs (s3://, gs://, file://) pass through."""
+    if "://" in root:
+        return root
+    from pathlib import Path
+    return Path(root).expanduser().resolve().as_uri()
