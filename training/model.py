@@ -56,7 +56,7 @@ class LutStyleModel(nn.Module):
         return out.reshape(3, -1).t().reshape(shape)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        return self.apply_lut(self.apply_curve(rgb))
+        return self.apply_lut(self.apply_curve(rgb)).clamp(0, 1)
 
     def smoothness(self) -> torch.Tensor:
         """Mean squared difference of neighbouring LUT residuals along r, g and b."""
@@ -64,8 +64,12 @@ class LutStyleModel(nn.Module):
         return sum(((res.diff(dim=d)) ** 2).mean() for d in (1, 2, 3))
 
     @torch.no_grad()
-    def bake(self) -> tuple[np.ndarray, np.ndarray]:
-        """(lut (N, N, N, 3) with the curve folded in, curve (3, K)) as float32 numpy for `StyleToken`."""
-        grid = self.identity.permute(1, 2, 3, 0)
+    def bake(self, size: int = 33) -> tuple[np.ndarray, np.ndarray]:
+        """(lut (size^3, 3) with the curve folded in, curve (3, K)) as float32 numpy for `StyleToken`.
+
+        Baking on a finer grid than the learnt LUT keeps the non-linear tone curve faithful after interpolation.
+        """
+        axis = torch.linspace(0, 1, size, device=self.lut_residual.device)
+        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
         lut = self.forward(grid).clamp(0, 1).cpu().numpy().astype(np.float32)
         return lut, self.curve_knots_values().cpu().numpy().astype(np.float32)

@@ -51,8 +51,10 @@ class StyleToken:
 
     def as_spec_token(self) -> dict[str, Any]:
         """The dict `StyleSpec.token` expects."""
+        # the per-channel curve is already inside `lut`; it goes under its own key so the engine's 1D `curve`
+        # hook does not apply it twice
         return {"id": self.token_id, "version": self.manifest.get("version", FORMAT_VERSION), "lut": self.lut,
-                "curve": self.curve, "params": dict(self.params), "manifest": self.manifest}
+                "tone_curve": self.curve, "params": dict(self.params), "manifest": self.manifest}
 
 
 def new_token_id() -> str:
