@@ -146,7 +146,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             Path(cfg.fail_flag).write_text(str(epoch))
             raise RuntimeError(f"fault drill: worker failure at epoch {epoch}")
         rng = np.random.default_rng([cfg.seed, epoch, rank])
-        total = 0.0
+        t_epoch, total = time.time(), 0.0
         for _ in range(cfg.steps_per_epoch):
             src, tgt = _batch_pairs(shard, rng, cfg.batch_size)
             loss = (model(src) - tgt).abs().mean() + cfg.smoothness * core.smoothness()
@@ -156,7 +156,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             total += float(loss)
         val, ident = _eval_loss(core, images, cfg.seed)
         metrics = {"epoch": epoch, "loss": total / cfg.steps_per_epoch, "val_loss": val, "identity_loss": ident,
-                   "resumed_from": resumed_from}
+                   "resumed_from": resumed_from, "epoch_s": time.time() - t_epoch,
+                   "elapsed_s": time.time() - t_start}
         _report(metrics, core, opt, epoch, rank)
         if progress:
             done = epoch + 1 - start_epoch
