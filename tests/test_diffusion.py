@@ -50,7 +50,7 @@ def engine(book):
 @pytest.fixture(scope="session")
 def background(book):
     from avatar.styles.diffusion import DiffusionBackgroundEngine
-    return DiffusionBackgroundEngine({"recipes": {"plain": book["recipes"]["plain"]}}, warmup=False)
+    return DiffusionBackgroundEngine({"recipes": {"plain": book["recipes"]["plain"]}}, warmup=False, vae_tiling=False)
 
 
 @pytest.fixture(scope="session")

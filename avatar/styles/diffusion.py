@@ -549,27 +549,44 @@ class DiffusionBackgroundEngine(_EngineBase):
             self.render(image, mask, None, StyleSpec(style=style, intensity=0.5))
 
     def render(self, image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray | None, spec: StyleSpec) -> np.ndarray:
-        style, recipe = self.book.for_style(spec.style, spec.token)
-        base, pipe = self._recipe_base[style], self._pipes[style]
-        h, w = image.shape[:2]
-        size = _work_size(recipe, max(h, w), 8)
-        person = np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0)
-        init = self._palette_init(image, person, spec.palette)
-        repaint = Image.fromarray(((person < 0.5) * 255).astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
-        guidance = recipe.effective_guidance
+        return self.render_batch([image], [mask], [landmarks], [spec])[0]
+
+    def render_batch(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                     landmarks_list: Sequence[np.ndarray | None], specs: Sequence[StyleSpec]) -> list[np.ndarray]:
+        """Backgrounds for many requests; those sharing a recipe and size run as one pipeline call."""
+        if not (len(images) == len(masks) == len(landmarks_list) == len(specs)):
+            raise ValueError("images, masks, landmarks_list and specs must have the same length")
+        groups: dict[tuple, list[int]] = {}
+        for i, (im, sp) in enumerate(zip(images, specs)):
+            groups.setdefault((self.book.for_style(sp.style, sp.token)[0], np.asarray(im).shape[:2]), []).append(i)
+        out: list[np.ndarray | None] = [None] * len(images)
         with self._lock:
-            self._select_adapters(base, self._recipe_loras(style, recipe, base))
-            result = pipe(prompt=self.book.background_prompt(recipe, spec.background, spec.palette),
-                          negative_prompt=(recipe.negative_prompt + ", person, face") if guidance > 1 else None,
-                          image=_to_pil(init, size), mask_image=repaint, height=size, width=size,
-                          strength=recipe.background_strength,
-                          num_inference_steps=_img2img_steps(recipe.effective_steps, recipe.background_strength),
-                          guidance_scale=guidance, generator=self._generators([_seed(spec, self.book.seed)])[0],
-                          output_type="np").images[0]
-        generated = _from_np(result, (w, h)).astype(np.float32)
-        alpha = person[..., None]
-        out = np.rint(image[..., :3].astype(np.float32) * alpha + generated * (1.0 - alpha)).astype(np.uint8)
-        return np.where(alpha >= 1.0, image[..., :3], out)   # the person's pixels are the input's, bit for bit
+            for (style, _), idx in groups.items():
+                results = self._inpaint(style, [np.asarray(images[i]) for i in idx],
+                                        [np.clip(np.asarray(masks[i], np.float32), 0.0, 1.0) for i in idx],
+                                        [specs[i] for i in idx])
+                for i, res in zip(idx, results):
+                    out[i] = res
+        return out  # type: ignore[return-value]
+
+    def _inpaint(self, style: str, images: list[np.ndarray], persons: list[np.ndarray],
+                 specs: list[StyleSpec]) -> list[np.ndarray]:
+        recipe, base, pipe = self.book.recipes[style], self._recipe_base[style], self._pipes[style]
+        h, w = images[0].shape[:2]
+        size = _work_size(recipe, max(h, w), 8)
+        self._select_adapters(base, self._recipe_loras(style, recipe, base))
+        guidance = recipe.effective_guidance
+        result = pipe(prompt=[self.book.background_prompt(recipe, s.background, s.palette) for s in specs],
+                      negative_prompt=[recipe.negative_prompt + ", person, face"] * len(specs) if guidance > 1 else None,
+                      image=[_to_pil(self._palette_init(im, m, s.palette), size)
+                             for im, m, s in zip(images, persons, specs)],
+                      mask_image=[Image.fromarray(((m < 0.5) * 255).astype(np.uint8)).resize(
+                          (size, size), Image.Resampling.NEAREST) for m in persons],
+                      height=size, width=size, strength=recipe.background_strength,
+                      num_inference_steps=_img2img_steps(recipe.effective_steps, recipe.background_strength),
+                      guidance_scale=guidance, generator=self._generators([_seed(s, self.book.seed) for s in specs]),
+                      output_type="np").images
+        return [_composite(im, m, _from_np(arr, (w, h))) for im, m, arr in zip(images, persons, result)]
 
     def _palette_init(self, image: np.ndarray, person: np.ndarray, palette: str | None) -> np.ndarray:
         """The init image with the background flooded in the palette colour, so partial-strength runs keep it."""
@@ -578,6 +595,13 @@ class DiffusionBackgroundEngine(_EngineBase):
         rgb = np.array(PALETTE_RGB.get(palette or "neutral_grey", (128, 128, 128)), np.float32)
         alpha = person[..., None]
         return np.rint(image[..., :3] * alpha + rgb * (1.0 - alpha)).astype(np.uint8)
+
+
+def _composite(image: np.ndarray, person: np.ndarray, generated: np.ndarray) -> np.ndarray:
+    """Person from the input, background generated, soft edges blended; mask 1 keeps the input bit for bit."""
+    alpha = person[..., None]
+    blend = np.rint(image[..., :3].astype(np.float32) * alpha + generated.astype(np.float32) * (1.0 - alpha))
+    return np.where(alpha >= 1.0, image[..., :3], blend.astype(np.uint8))
 
 
 __all__ = ["DiffusionStyleEngine", "DiffusionBackgroundEngine", "pick_device", "pick_dtype", "fingerprint"]
