@@ -162,7 +162,6 @@ def test_textual_inversion_token_and_lru(engine, models, face, tmp_path):
 
 
 def test_lora_token_without_peft_is_a_clear_error(engine, face):
-    pytest.importorskip("torch")
     from avatar.styles.diffusion import _has_peft
     if _has_peft():
         pytest.skip("peft installed: LoRA tokens load")
@@ -264,3 +263,32 @@ def test_control_images():
     assert conditioning_image("landmarks", img, None, 32).size == (32, 32)   # falls back to edges
     with pytest.raises(ValueError):
         landmark_sketch(np.zeros((10, 2)), 64)
+
+
+def test_lora_recipe_without_peft_fails_at_start_up(models):
+    from avatar.styles.diffusion import DiffusionStyleEngine, _has_peft
+    if _has_peft():
+        pytest.skip("peft installed: LoRA recipes load")
+    recipes = {"plain": {"base_model": str(models["base"]), "prompt": "x", "lora": {"path": str(models["base"])}}}
+    with pytest.raises(ModelUnavailable, match="peft"):
+        DiffusionStyleEngine(recipes, warmup=False)
+
+
+def test_background_batch_matches_single(background, face):
+    img, lm = face
+    mask = np.zeros((SIZE, SIZE), np.float32)
+    mask[20:, 16:48] = 1.0
+    specs = [spec("plain", palette="sunset", extras={"seed": 1}), spec("plain", palette="navy", background="solid")]
+    batch = background.render_batch([img, img], [mask, mask], [lm, lm], specs)
+    for out, s in zip(batch, specs):
+        assert np.abs(out.astype(int) - background.render(img, mask, lm, s).astype(int)).max() <= 2
+
+
+def test_benchmark_arguments():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import diffusion_gpu
+    args = diffusion_gpu.parse(["--tiny", "--device", "cpu"])
+    assert args.tiny and args.sizes == [64] and args.steps == [2] and args.device == "cpu"
+    full = diffusion_gpu.parse([])
+    assert full.sizes == [800, 1200] and full.steps == [4, 8] and full.batches == [1, 4] and full.dtype == "fp16"
+    assert diffusion_gpu.SDXL_UNET["cross_attention_dim"] == 2048
