@@ -61,6 +61,17 @@ class GateConfig:
     retry_intensity_factor: float = 0.6
     min_intensity: float = 0.1
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "GateConfig":
+        """From serve_config's `gate` block (`likeness_minimums` is the operator-facing name of the overrides)."""
+        values = dict(values or {})
+        if "likeness_minimums" in values:
+            values["likeness_overrides"] = values.pop("likeness_minimums") or {}
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown gate settings: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
     def likeness_min(self, platform: str) -> float:
         """The platform's override, else its tier default (unknown platforms get the strictest tier)."""
         if platform in self.likeness_overrides:
@@ -107,6 +118,12 @@ class QualityGate:
         self.safety = safety
         self.analyzer = analyzer
         self.config = config or GateConfig()
+
+    def close(self) -> None:
+        for part in (self.analyzer, self.identity, self.safety):
+            close = getattr(part, "close", None)
+            if callable(close):
+                close()
 
     def evaluate(self, output_rgb: np.ndarray, expected_box: Box, identity_ref: IdentityRef | np.ndarray | None,
                  platform: str, style: str) -> GateResult:

@@ -56,7 +56,8 @@ class AvatarJob:
     output: bytes | None = None             # final image at `size` (PNG)
 
     attempt: int = 1
-    gate: dict[str, Any] = field(default_factory=dict)
+    gate: Any = None                        # the quality gate's GateResult of this attempt
+    retry: Any = None                       # the gate's RetryPlan when this attempt failed and retries remain
     likeness_score: float = 0.0
     billable: bool = False
     warnings: list[Warning] = field(default_factory=list)

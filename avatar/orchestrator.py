@@ -6,7 +6,7 @@ load -> detect -> [style -> background -> enhance -> gate] with retries at lower
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from avatar.job import AvatarJob, PhotoInput
 from avatar.stages import retry_job
@@ -16,8 +16,9 @@ StageCall = Callable[..., Awaitable[AvatarJob]]
 RENDER_STAGES = ("style_apply", "bg_generate", "detail_enhance")
 
 
-async def generate(job: AvatarJob, source: PhotoInput, call: StageCall, gate: Any | None = None) -> AvatarJob:
-    """Run the whole flow; `gate` is a `avatar.gate.GateConfig` (None: no quality gate stage is called)."""
+async def generate(job: AvatarJob, source: PhotoInput, call: StageCall, gate: bool = True) -> AvatarJob:
+    """Run the whole flow. The quality gate stage decides pass/fail and plans retries from its own configuration;
+    with `gate=False` (no gate deployed) every output is delivered as is."""
     job = await call("load_photo", job, source)
     job = await call("face_detect", job)
     base, current, attempts = job, job, []
@@ -25,26 +26,19 @@ async def generate(job: AvatarJob, source: PhotoInput, call: StageCall, gate: An
         out = current
         for name in RENDER_STAGES:
             out = await call(name, out)
-        if gate is None:
+        if not gate:
             out.billable = True
             return await call("save_avatar", out)
         out = await call("quality_gate", out)
         attempts.append(out)
-        if out.gate.get("passed"):
+        if out.gate.passed or out.retry is None:
             break
-        plan = _plan(out, gate)
-        if plan is None:
-            break
-        current = retry_job(base, out, plan.intensity, plan.background)
-    best = out if out.gate.get("passed") else _best(attempts)
+        plan = out.retry
+        current = retry_job(base, out, plan.intensity, plan.safer_background)
+    best = out if out.gate.passed else _best(attempts)
     best.attempt = len(attempts)
     _finalise(best, attempts)
     return await call("save_avatar", best)
-
-
-def _plan(out: AvatarJob, gate: Any):
-    from avatar.gate import plan_retry
-    return plan_retry(out.attempt, out.intensity, out.gate, gate, background=out.background, style=out.style)
 
 
 def _best(attempts: list[AvatarJob]) -> AvatarJob:
@@ -54,9 +48,9 @@ def _best(attempts: list[AvatarJob]) -> AvatarJob:
 
 def _finalise(best: AvatarJob, attempts: list[AvatarJob]) -> None:
     """Billing and warnings: billable only when every check passed; warnings name every check not met."""
-    best.billable = bool(best.gate.get("passed"))
-    for w in best.gate.get("warnings", []):
-        best.warn(w["code"], w["message"])
+    best.billable = bool(best.gate.passed)
+    for w in best.gate.warnings:
+        best.warn(w.code, w.message)
     if not best.billable:
         best.warn("quality_gate_failed", f"no attempt passed every check after {len(attempts)} attempts; "
                                          "the best output is returned and not billed")

@@ -10,6 +10,7 @@ from avatar import orchestrator
 from avatar.assembly import STAGE_BUILDERS
 from avatar.contracts import GenerateRequest
 from avatar.job import AvatarJob, PhotoInput
+from avatar.stages import close_stage
 
 
 @dataclass
@@ -22,10 +23,6 @@ class LocalPipeline:
     def __post_init__(self) -> None:
         names = [n for n in STAGE_BUILDERS if self.gate or n != "quality_gate"]
         self.stages = {n: STAGE_BUILDERS[n](self.configs.get(n, {})) for n in names}
-        self.gate_config = None
-        if self.gate:
-            from avatar.gate import GateConfig
-            self.gate_config = GateConfig.from_dict(self.configs.get("gate", {}))
 
     async def _call(self, name: str, *args: Any) -> AvatarJob:
         return self.stages[name].run(*args)
@@ -33,10 +30,7 @@ class LocalPipeline:
     def close(self) -> None:
         """Release model runtimes (MediaPipe objects must be closed before interpreter exit)."""
         for stage in self.stages.values():
-            for attr in ("analyzer", "segmenter", "identity", "engine", "enhancer", "gate"):
-                close = getattr(getattr(stage, attr, None), "close", None)
-                if callable(close):
-                    close()
+            close_stage(stage)
 
     def __enter__(self) -> "LocalPipeline":
         return self
@@ -48,4 +42,4 @@ class LocalPipeline:
         job = AvatarJob(request_id=AvatarJob.new_request_id(), style=request.resolved_style,
                         platform=request.platform, size=request.size, intensity=request.resolved_intensity,
                         palette=request.palette, background=request.background)
-        return asyncio.run(orchestrator.generate(job, source, self._call, self.gate_config))
+        return asyncio.run(orchestrator.generate(job, source, self._call, self.gate))

@@ -214,20 +214,14 @@ class QualityGateStage:
         self.gate = gate
 
     def run(self, job: AvatarJob) -> AvatarJob:
+        from avatar.gate import IdentityRef, plan_retry
         with timed(job, self.name):
-            result = self.gate.evaluate(decode_trusted(job.output), job.output_face_box(), job.identity_ref,
-                                        job.platform, job.style)
-            job.gate = gate_dict(result)
-            job.likeness_score = float(job.gate.get("likeness", 0.0))
+            ref = IdentityRef(job.identity_ref, aligned=decode_trusted(job.aligned))
+            job.gate = self.gate.evaluate(decode_trusted(job.output), job.output_face_box(), ref, job.platform,
+                                          job.style)
+            job.likeness_score = float(job.gate.likeness)
+            job.retry = plan_retry(job.attempt, job.intensity, job.gate, self.gate.config)
         return job
-
-
-def gate_dict(result) -> dict:
-    """A GateResult as plain data (it travels back to the ingress and into the usage log)."""
-    from dataclasses import asdict
-    data = asdict(result)
-    data["warnings"] = [{"code": w["code"], "message": w["message"]} for w in data.get("warnings", [])]
-    return data
 
 
 # ---------------------------------------------------------------- SaveAvatar
@@ -273,8 +267,21 @@ def _png(image: Image.Image, info: PngInfo, level: int) -> bytes:
     return buf.getvalue()
 
 
-def retry_job(base: AvatarJob, attempt: AvatarJob, intensity: float, background: str | None) -> AvatarJob:
-    """The next attempt: same aligned face (and mask), lower intensity, maybe a calmer background."""
-    return replace(base, intensity=intensity, background=background or base.background, mask=attempt.mask,
+def close_stage(stage: object) -> None:
+    """Release a stage's model runtimes (MediaPipe objects must be closed before interpreter exit)."""
+    for attr in ("analyzer", "segmenter", "identity", "engine", "enhancer", "gate"):
+        close = getattr(getattr(stage, attr, None), "close", None)
+        if callable(close):
+            close()
+
+
+def retry_job(base: AvatarJob, attempt: AvatarJob, intensity: float, safer_background: bool) -> AvatarJob:
+    """The next attempt: same aligned face (and mask), the planned intensity, a calmer background if asked."""
+    background, palette = attempt.background, attempt.palette
+    if safer_background:
+        from avatar.background import safer_background as calm
+        calmer = calm(attempt.spec())
+        background, palette = calmer.background, calmer.palette
+    return replace(base, intensity=intensity, background=background, palette=palette, mask=attempt.mask,
                    attempt=attempt.attempt + 1, timings=dict(attempt.timings), warnings=list(base.warnings),
-                   versions=dict(attempt.versions), styled=None, composed=None, output=None, gate={})
+                   versions=dict(attempt.versions), styled=None, composed=None, output=None, gate=None, retry=None)

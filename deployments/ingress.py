@@ -47,15 +47,9 @@ class AvatarIngress:
         self.signer = UrlSigner(self.settings.signing_secret(), self.settings.url_ttl_s)
         self.storage = Storage(self.settings.resolved_storage_uri)
         self.config = IngressConfig(public_url=self.settings.public_url)
-        self.gate_config: Any = None
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        config = dict(config or {})
-        gate = config.pop("gate", None)
-        self.config = IngressConfig(**{**self.config.__dict__, **config})
-        if "quality_gate" in self.handles:
-            from avatar.gate import GateConfig
-            self.gate_config = GateConfig.from_dict(gate or {})
+        self.config = IngressConfig(**{**self.config.__dict__, **(config or {})})
 
     async def __call__(self, request: Request) -> Response:
         path, method = request.url.path.rstrip("/") or "/", request.method
@@ -86,7 +80,7 @@ class AvatarIngress:
                         size=req.size, intensity=req.resolved_intensity, palette=req.palette,
                         background=req.background)
         try:
-            job = await asyncio.wait_for(orchestrator.generate(job, source, self._call, self.gate_config),
+            job = await asyncio.wait_for(orchestrator.generate(job, source, self._call, "quality_gate" in self.handles),
                                          timeout=self.config.request_timeout_s)
         except AvatarError as exc:
             return error_response(exc, job.request_id)
@@ -119,18 +113,18 @@ class AvatarIngress:
         base = self.config.public_url or str(request.base_url)
         avatar_url, expires = self.signer.sign(base, job.avatar_key)
         thumb_url, _ = self.signer.sign(base, job.thumbnail_key)
-        gate = job.gate or {}
+        gate = job.gate
         return {
             "avatar_url": avatar_url, "thumbnail_url": thumb_url,
             "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)),
             "face_detected": True, "face_count": job.face_count, "face_coverage": job.face_coverage,
             "input_quality_score": job.input_quality_score,
-            "likeness_score": round(float(gate.get("likeness", job.likeness_score)), 4),
+            "likeness_score": round(float(job.likeness_score), 4),
             "validation_warnings": [{"code": w.code, "message": w.message} for w in job.warnings],
             "style": job.style, "style_version": (job.token or {}).get("version"), "platform": job.platform,
             "width": job.size, "height": job.size, "request_id": job.request_id,
-            "attempts": job.attempt, "billable": job.billable, "checks": gate.get("checks", {}),
-            "auto_accept": bool(gate.get("auto_accept", False)), "needs_review": bool(gate.get("needs_review", False)),
+            "attempts": job.attempt, "billable": job.billable, "checks": gate.checks if gate else {},
+            "auto_accept": bool(gate and gate.auto_accept), "needs_review": bool(gate and gate.needs_review),
             "latency_ms": round((time.perf_counter() - started) * 1000, 1), "stage_ms": job.timings,
             "created_at": job.created_at,
         }

@@ -7,6 +7,8 @@ import asyncio
 import threading
 from typing import Any, Callable
 
+from avatar.stages import close_stage
+
 
 class StageReplica:
     """Base of the stage deployments. Subclasses set `build`, a factory from config dict to a pure stage."""
@@ -46,10 +48,8 @@ class StageReplica:
 
 
 def _close(stage: Any) -> None:
-    for attr in ("analyzer", "segmenter", "identity", "engine", "enhancer"):
-        close = getattr(getattr(stage, attr, None), "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception:  # noqa: BLE001 - closing an old model must not break the new config
-                pass
+    if stage is not None:
+        try:
+            close_stage(stage)
+        except Exception:  # noqa: BLE001 - closing an old model must not break the new config
+            pass
