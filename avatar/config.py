@@ -18,6 +18,7 @@ class ServiceSettings:
 
     data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", "var")).resolve())
     storage_uri: str = field(default_factory=lambda: _env("STORAGE_URI", ""))
+    usage_uri: str = field(default_factory=lambda: _env("USAGE_URI", ""))
     public_url: str = field(default_factory=lambda: _env("PUBLIC_URL", ""))
     url_ttl_s: int = field(default_factory=lambda: int(_env("URL_TTL_S", str(24 * 3600))))
     fetch_timeout_s: float = field(default_factory=lambda: float(_env("FETCH_TIMEOUT_S", "10")))
@@ -28,6 +29,11 @@ class ServiceSettings:
     def resolved_storage_uri(self) -> str:
         """The storage root: `AVATAR_STORAGE_URI` (local path, file://, s3://, gs://) or `<data_dir>/storage`."""
         return self.storage_uri or str(self.data_dir / "storage")
+
+    @property
+    def resolved_usage_uri(self) -> str:
+        """Where the Parquet usage log goes: `AVATAR_USAGE_URI` or `<data_dir>/usage`."""
+        return self.usage_uri or str(self.data_dir / "usage")
 
     def signing_secret(self) -> bytes:
         """`AVATAR_SIGNING_SECRET`, else a secret generated once into the data dir so every replica shares it."""

@@ -24,7 +24,7 @@ SCHEMA = pa.schema([
     ("face_present", pa.bool_()), ("likeness_ok", pa.bool_()), ("content_safe", pa.bool_()),
     ("attempts", pa.int32()), ("likeness", pa.float32()), ("nsfw", pa.float32()),
     ("input_quality", pa.float32()), ("latency_ms", pa.float32()), ("billable", pa.bool_()),
-    ("created_at", pa.timestamp("ms", tz="UTC")),
+    ("created_at", pa.timestamp("ms", tz="UTC")), ("outcome", pa.string()),
 ])
 
 
@@ -48,6 +48,14 @@ class UsageRecord:
     latency_ms: float
     billable: bool
     created_at: datetime = field(default_factory=_now)
+    outcome: str = "delivered"     # "delivered", or the error code of a refused / failed request
+
+    @classmethod
+    def refused(cls, request_id: str, account: str, style: str, platform: str, code: str, input_quality: float,
+                latency_ms: float) -> UsageRecord:
+        """A request that ended before an avatar existed (bad input, no face, face too small, failure): never billed."""
+        return cls(request_id, account, style, platform, False, False, False, 0, 0.0, 0.0, float(input_quality),
+                   float(latency_ms), False, outcome=code)
 
     @classmethod
     def from_gate(cls, request_id: str, account: str, style: str, platform: str, result, attempts: int,

@@ -22,6 +22,7 @@ from avatar.imageio import b64decode_image
 from avatar.job import AvatarJob, PhotoInput
 from avatar.storage import Storage, UrlSigner
 from deployments.http import error_response, openapi_document, parse_payload
+from deployments.telemetry import Telemetry
 
 log = logging.getLogger("avatar.ingress")
 
@@ -34,6 +35,7 @@ class IngressConfig:
     request_timeout_s: float = 60.0
     max_body_bytes: int = 20 * 2**20
     public_url: str = ""
+    usage_flush_interval_s: float = 30.0
 
 
 @serve.deployment(name="AvatarIngress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
@@ -47,9 +49,16 @@ class AvatarIngress:
         self.signer = UrlSigner(self.settings.signing_secret(), self.settings.url_ttl_s)
         self.storage = Storage(self.settings.resolved_storage_uri)
         self.config = IngressConfig(public_url=self.settings.public_url)
+        self.telemetry = Telemetry(self.settings.resolved_usage_uri, self.config.usage_flush_interval_s)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self.config = IngressConfig(**{**self.config.__dict__, **(config or {})})
+        self.telemetry.flush_interval_s = self.config.usage_flush_interval_s
+
+    def __del__(self) -> None:   # Serve calls this on graceful shutdown: buffered usage rows are written
+        telemetry = getattr(self, "telemetry", None)
+        if telemetry is not None:
+            telemetry.close()
 
     async def __call__(self, request: Request) -> Response:
         path, method = request.url.path.rstrip("/") or "/", request.method
@@ -60,6 +69,8 @@ class AvatarIngress:
                 return await self.check(request)
             if path.startswith("/v1/files/") and method in ("GET", "HEAD"):
                 return self.serve_file(request, path.removeprefix("/v1/files/"))
+            if path == "/v1/stats" and method == "GET":
+                return JSONResponse(self.telemetry.summary())
             if path == "/healthz" and method == "GET":
                 return JSONResponse({"status": "ok"})
             if path in ("/openapi.json", "/v1/openapi.json") and method == "GET":
@@ -80,17 +91,18 @@ class AvatarIngress:
                         size=req.size, intensity=req.resolved_intensity, palette=req.palette,
                         background=req.background)
         try:
-            job = await asyncio.wait_for(orchestrator.generate(job, source, self._call, "quality_gate" in self.handles),
-                                         timeout=self.config.request_timeout_s)
-        except AvatarError as exc:
-            return error_response(exc, job.request_id)
-        except asyncio.TimeoutError:
-            return error_response(StageFailed(f"generation took longer than {self.config.request_timeout_s:.0f} s",
-                                              code="timeout", status=504), job.request_id)
-        except Exception as exc:  # noqa: BLE001 - a failing stage answers 5xx; the service stays up
-            log.exception("request %s failed in a stage", job.request_id)
-            return error_response(_stage_error(exc), job.request_id)
-        return JSONResponse(self.response_body(request, job, started))
+            done = await asyncio.wait_for(orchestrator.generate(job, source, self._call, "quality_gate" in self.handles),
+                                          timeout=self.config.request_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - every failure answers JSON; the service stays up
+            error = _as_avatar_error(exc, self.config.request_timeout_s)
+            if error.status >= 500:
+                log.error("request %s failed: %s", job.request_id, error.message)
+            job.input_quality_score = float(error.extra.get("input_quality_score", 0.0))
+            self.telemetry.refused(job, error.code, _ms(started))
+            return error_response(error, job.request_id)
+        body = self.response_body(request, done, started)
+        self.telemetry.delivered(done, body["latency_ms"])
+        return JSONResponse(body)
 
     async def check(self, request: Request) -> Response:
         """Pre-flight on an upload: face count, coverage, head angle, quality; no generation, nothing charged."""
@@ -102,11 +114,11 @@ class AvatarIngress:
                                          timeout=self.config.request_timeout_s)
             report = await asyncio.wait_for(self.handles["face_detect"].call.remote("check", job),
                                             timeout=self.config.request_timeout_s)
-        except AvatarError as exc:
-            return error_response(exc, job.request_id)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("check %s failed in a stage", job.request_id)
-            return error_response(_stage_error(exc), job.request_id)
+        except Exception as exc:  # noqa: BLE001 - every failure answers JSON; the service stays up
+            error = _as_avatar_error(exc, self.config.request_timeout_s)
+            self.telemetry.checked(error.code)
+            return error_response(error, job.request_id)
+        self.telemetry.checked("accepted" if report["accepted"] else "not_accepted")
         return JSONResponse({**report, "platform": req.platform, "request_id": job.request_id})
 
     def response_body(self, request: Request, job: AvatarJob, started: float) -> dict[str, Any]:
@@ -125,7 +137,7 @@ class AvatarIngress:
             "width": job.size, "height": job.size, "request_id": job.request_id,
             "attempts": job.attempt, "billable": job.billable, "checks": gate.checks if gate else {},
             "auto_accept": bool(gate and gate.auto_accept), "needs_review": bool(gate and gate.needs_review),
-            "latency_ms": round((time.perf_counter() - started) * 1000, 1), "stage_ms": job.timings,
+            "latency_ms": _ms(started), "stage_ms": job.timings,
             "created_at": job.created_at,
         }
 
@@ -141,6 +153,18 @@ def _photo_input(req: GenerateRequest | CheckRequest, upload: bytes | None) -> P
     if req.image is not None:
         return PhotoInput(data=b64decode_image(req.image), field="image")
     return PhotoInput(url=req.image_url, field="image_url")
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
+def _as_avatar_error(exc: Exception, timeout_s: float) -> AvatarError:
+    if isinstance(exc, AvatarError):
+        return exc
+    if isinstance(exc, asyncio.TimeoutError):
+        return StageFailed(f"the request took longer than {timeout_s:.0f} s", code="timeout", status=504)
+    return _stage_error(exc)
 
 
 def _stage_error(exc: Exception) -> AvatarError:
