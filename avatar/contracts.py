@@ -137,6 +137,9 @@ class GenerateResponse(BaseModel):
     latency_ms: float
     created_at: str
     attempts: int = 1
+    attempt_history: list[dict] = []
+    checks: dict[str, bool] = {}
+    face_coverage: float = 0.0
     billable: bool = True
     auto_accept: bool = False
     needs_review: bool = False

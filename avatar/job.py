@@ -58,6 +58,7 @@ class AvatarJob:
     attempt: int = 1
     gate: Any = None                        # the quality gate's GateResult of this attempt
     retry: Any = None                       # the gate's RetryPlan when this attempt failed and retries remain
+    history: list[dict[str, Any]] = field(default_factory=list)   # one summary per attempt (intensity, checks)
     likeness_score: float = 0.0
     billable: bool = False
     warnings: list[Warning] = field(default_factory=list)

@@ -37,6 +37,7 @@ async def generate(job: AvatarJob, source: PhotoInput, call: StageCall, gate: bo
         current = retry_job(base, out, plan.intensity, plan.safer_background)
     best = out if out.gate.passed else _best(attempts)
     best.attempt = len(attempts)
+    best.history = [_summary(a) for a in attempts]
     _finalise(best, attempts)
     return await call("save_avatar", best)
 
@@ -44,6 +45,13 @@ async def generate(job: AvatarJob, source: PhotoInput, call: StageCall, gate: bo
 def _best(attempts: list[AvatarJob]) -> AvatarJob:
     from avatar.gate import pick_best
     return attempts[pick_best([a.gate for a in attempts])]
+
+
+def _summary(attempt: AvatarJob) -> dict:
+    gate = attempt.gate
+    return {"attempt": attempt.attempt, "style_intensity": round(attempt.intensity, 4),
+            "background": attempt.background, "passed": bool(gate.passed), "checks": dict(gate.checks),
+            "likeness": gate.likeness, "nsfw": gate.nsfw}
 
 
 def _finalise(best: AvatarJob, attempts: list[AvatarJob]) -> None:

@@ -135,7 +135,7 @@ class AvatarIngress:
             "validation_warnings": [{"code": w.code, "message": w.message} for w in job.warnings],
             "style": job.style, "style_version": (job.token or {}).get("version"), "platform": job.platform,
             "width": job.size, "height": job.size, "request_id": job.request_id,
-            "attempts": job.attempt, "billable": job.billable, "checks": gate.checks if gate else {},
+            "attempts": job.attempt, "attempt_history": job.history, "billable": job.billable, "checks": gate.checks if gate else {},
             "auto_accept": bool(gate and gate.auto_accept), "needs_review": bool(gate and gate.needs_review),
             "latency_ms": _ms(started), "stage_ms": job.timings,
             "created_at": job.created_at,
