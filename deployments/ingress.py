@@ -22,6 +22,7 @@ from avatar.imageio import b64decode_image
 from avatar.job import AvatarJob, PhotoInput
 from avatar.storage import Storage, UrlSigner
 from deployments.http import error_response, openapi_document, parse_payload
+from deployments.styles_api import StylesApi, style_apply_handle
 from deployments.telemetry import Telemetry
 
 log = logging.getLogger("avatar.ingress")
@@ -35,6 +36,8 @@ class IngressConfig:
     request_timeout_s: float = 60.0
     max_body_bytes: int = 20 * 2**20
     public_url: str = ""
+    require_api_key: bool = False        # built-in styles too need `Authorization: Bearer <api key>`
+    styles: dict[str, Any] | None = None   # custom styles: training defaults, upload limit (docs/custom_styles.md)
     usage_flush_interval_s: float = 30.0
 
 
@@ -48,6 +51,7 @@ class AvatarIngress:
         self.settings = ServiceSettings()
         self.signer = UrlSigner(self.settings.signing_secret(), self.settings.url_ttl_s)
         self.storage = Storage(self.settings.resolved_storage_uri)
+        self.styles = StylesApi(self.storage)
         self.config = IngressConfig(public_url=self.settings.public_url)
         self.telemetry = Telemetry(self.settings.resolved_usage_uri, self.config.usage_flush_interval_s)
 
@@ -65,6 +69,8 @@ class AvatarIngress:
         try:
             if path == "/v1/avatar/generate" and method == "POST":
                 return await self.generate(request)
+            if path == "/v1/styles" or path.startswith("/v1/styles/"):
+                return await self.styles.handle(request, path, method, self.config)
             if path == "/v1/avatar/check" and method == "POST":
                 return await self.check(request)
             if path.startswith("/v1/files/") and method in ("GET", "HEAD"):
@@ -80,16 +86,21 @@ class AvatarIngress:
             return error_response(exc)
 
     async def _call(self, name: str, *args: Any) -> AvatarJob:
-        return await self.handles[name].run.remote(*args)
+        handle = self.handles[name]
+        if name == "style_apply":   # custom style tokens go through model multiplexing
+            handle = style_apply_handle(handle, args[0])
+        return await handle.run.remote(*args)
 
     async def generate(self, request: Request) -> Response:
         started = time.perf_counter()
+        account = await self.styles.authenticate(request, self.config)
         payload, upload = await parse_payload(request, self.config.max_body_bytes)
         req: GenerateRequest = parse_request(GenerateRequest, payload)
         source = _photo_input(req, upload)
         job = AvatarJob(request_id=AvatarJob.new_request_id(), style=req.resolved_style, platform=req.platform,
                         size=req.size, intensity=req.resolved_intensity, palette=req.palette,
                         background=req.background)
+        await self.styles.authorize_style(account, job)   # a custom token must be the account's own
         try:
             done = await asyncio.wait_for(orchestrator.generate(job, source, self._call, "quality_gate" in self.handles),
                                           timeout=self.config.request_timeout_s)
