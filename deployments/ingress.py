@@ -171,6 +171,9 @@ def _ms(started: float) -> float:
 
 
 def _as_avatar_error(exc: Exception, timeout_s: float) -> AvatarError:
+    cause = getattr(exc, "cause", None)   # a stage's error arrives wrapped (RayTaskError): answer the original
+    if isinstance(cause, AvatarError):
+        return cause
     if isinstance(exc, AvatarError):
         return exc
     if isinstance(exc, asyncio.TimeoutError):
@@ -179,9 +182,6 @@ def _as_avatar_error(exc: Exception, timeout_s: float) -> AvatarError:
 
 
 def _stage_error(exc: Exception) -> AvatarError:
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, AvatarError):
-        return cause
     name = type(exc).__name__
     if "BackPressure" in name:
         return StageFailed("the service is at capacity; retry shortly", code="overloaded", status=503)
