@@ -1,4 +1,4 @@
-"""`avatar`: run the service, generate one avatar locally, manage model files."""
+"""`avatar`: run the service, generate one avatar locally, manage model files, accounts and custom styles."""
 
 from __future__ import annotations
 
@@ -48,6 +48,81 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _accounts_uri() -> str:
+    from deployments.auth import accounts_uri
+    return accounts_uri()
+
+
+def _cmd_accounts(args: argparse.Namespace) -> int:
+    from avatar.accounts import open_account_store
+    account_id, api_key = open_account_store(_accounts_uri()).create_account(args.name)
+    print(json.dumps({"account_id": account_id, "name": args.name, "api_key": api_key}, indent=2))
+    print("the API key is shown only this once; store it now", file=sys.stderr)
+    return 0
+
+
+def _cmd_styles_train(args: argparse.Namespace) -> int:
+    """Train on a local Ray of this process, printing progress while it runs, then the token id."""
+    import os
+    import threading
+    import time
+
+    from avatar.config import ServiceSettings
+    from deployments.launcher import init_local_ray
+    from training.jobs import ProgressWriter
+    from training.train_style import TrainConfig, run_training
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")   # progress reports every 0.2 s, not 2 s
+    cfg = TrainConfig(account_id=args.account, images=args.images, storage_uri=ServiceSettings().resolved_storage_uri,
+                      accounts_uri=_accounts_uri(), epochs=args.epochs, num_workers=args.workers,
+                      cpus_per_worker=args.cpus_per_worker, base_style=args.base_style)
+    init_local_ray(num_cpus=max(int(args.workers * args.cpus_per_worker + 0.999), os.cpu_count() or 1))
+    outcome: dict = {}
+
+    def train() -> None:
+        try:
+            outcome["result"] = run_training(cfg)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=train, daemon=True)
+    worker.start()
+    progress, last = ProgressWriter(cfg.storage_uri, cfg.account_id, cfg.job_id), None
+    print(f"job {cfg.job_id}: training token {cfg.token_id} for {cfg.account_id}", flush=True)
+    while worker.is_alive():
+        worker.join(0.5)
+        status = progress.read()
+        if status and (status.state, status.epoch) != last:
+            last = (status.state, status.epoch)
+            loss = f"{status.loss:.4f}" if status.loss is not None else "-"
+            eta = f"{status.eta_s:.0f} s" if status.eta_s is not None else "-"
+            print(f"{status.state:9s} epoch {status.epoch}/{status.epochs}  loss {loss}  eta {eta}", flush=True)
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    print(json.dumps({"token_id": result.token_id, "job_id": result.job_id, "seconds": round(result.seconds, 1),
+                      "val_loss": result.metrics.get("val_loss")}, indent=2))
+    return 0
+
+
+def _cmd_styles_list(args: argparse.Namespace) -> int:
+    from avatar.accounts import open_account_store
+    from avatar.config import ServiceSettings
+    from deployments.style_apply import token_version
+    from training.jobs import StyleJobs
+    records = open_account_store(_accounts_uri()).list_styles(args.account)
+    jobs = StyleJobs(ServiceSettings().resolved_storage_uri).list(args.account)
+    ready = {r.token_id for r in records}
+    print(json.dumps({
+        "styles": [{"token_id": r.token_id, "version": token_version(r.manifest),
+                    "base_style": r.manifest.get("base_style"),
+                    "examples": (r.manifest.get("examples") or {}).get("count"),
+                    "created_at": r.manifest.get("created_at")} for r in records],
+        "jobs": [{k: v for k, v in j.to_dict().items() if k in ("job_id", "token_id", "state", "epoch", "epochs",
+                                                                 "loss", "eta_s", "error")}
+                 for j in jobs if j.token_id not in ready]}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avatar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +151,26 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("action", choices=("fetch", "list"))
     models.add_argument("components", nargs="*")
     models.set_defaults(func=_cmd_models)
+
+    accounts = sub.add_parser("accounts", help="platform accounts and their API keys")
+    accounts_sub = accounts.add_subparsers(dest="action", required=True)
+    create = accounts_sub.add_parser("create", help="create an account; prints its id and API key (shown once)")
+    create.add_argument("name")
+    create.set_defaults(func=_cmd_accounts)
+
+    styles = sub.add_parser("styles", help="custom styles: train a token from example images, list an account's")
+    styles_sub = styles.add_subparsers(dest="action", required=True)
+    train = styles_sub.add_parser("train", help="train a style token on a local Ray and print progress")
+    train.add_argument("--account", required=True, help="account id (acc_...)")
+    train.add_argument("--images", required=True, help="directory (or URI, Parquet manifest) of 50-200 examples")
+    train.add_argument("--epochs", type=int, default=8)
+    train.add_argument("--workers", type=int, default=2)
+    train.add_argument("--cpus-per-worker", dest="cpus_per_worker", type=float, default=1.0)
+    train.add_argument("--base-style", dest="base_style", default="corporate_headshot")
+    train.set_defaults(func=_cmd_styles_train)
+    listing = styles_sub.add_parser("list", help="an account's style tokens and unfinished jobs")
+    listing.add_argument("--account", required=True)
+    listing.set_defaults(func=_cmd_styles_list)
     return parser
 
 

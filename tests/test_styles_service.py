@@ -74,6 +74,26 @@ def test_generate_policy_built_in_open_custom_owned():
         assert info.value.code == "style_not_found"
 
 
+def test_cli_creates_an_account_and_lists_its_styles(tmp_path, monkeypatch, capsys):
+    import json
+
+    from avatar.accounts import open_account_store
+    from avatar.cli import main
+    uri = f"sqlite:///{tmp_path}/accounts.sqlite3"
+    monkeypatch.setenv("AVATAR_ACCOUNTS_URI", uri)
+    monkeypatch.setenv("AVATAR_DATA_DIR", str(tmp_path))
+    assert main(["accounts", "create", "Studio"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    store = open_account_store(uri)
+    assert store.authenticate(created["api_key"]) == created["account_id"]
+    store.register_style(created["account_id"], "sty_cccccccccccc", {"token_id": "sty_cccccccccccc", "version": 1})
+    assert main(["styles", "list", "--account", created["account_id"]]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [s["token_id"] for s in listed["styles"]] == ["sty_cccccccccccc"] and listed["jobs"] == []
+    assert main(["styles", "list", "--account", "acc_other"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"styles": [], "jobs": []}
+
+
 # ---------------------------------------------------------------- the service
 @pytest.fixture(scope="module")
 def styles_service():
