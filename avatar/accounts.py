@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol, runtime_checkable
 
+from avatar.config import local_secret
 from avatar.contracts import is_style_token
 from avatar.errors import InvalidRequest
 
@@ -193,22 +194,9 @@ def _split_key(api_key: str | None) -> tuple[str, str]:
 
 def _load_pepper(path: Path | None) -> bytes:
     """`AVATAR_ACCOUNT_PEPPER`, else a random pepper written once (0600) beside the database."""
-    env = os.environ.get("AVATAR_ACCOUNT_PEPPER")
-    if env:
-        return env.encode()
     if path is None:
-        return secrets.token_bytes(32)
-    if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(secrets.token_hex(32))
-        tmp.chmod(0o600)
-        try:
-            os.link(tmp, path)   # atomic create-if-absent: concurrent processes agree on one pepper
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-    return path.read_text().strip().encode()
+        return os.environ.get("AVATAR_ACCOUNT_PEPPER", "").encode() or secrets.token_bytes(32)
+    return local_secret("AVATAR_ACCOUNT_PEPPER", path)
 
 
 def open_account_store(uri: str | None = None) -> AccountStore:

@@ -37,19 +37,23 @@ class ServiceSettings:
 
     def signing_secret(self) -> bytes:
         """`AVATAR_SIGNING_SECRET`, else a secret generated once into the data dir so every replica shares it."""
-        env = os.environ.get("AVATAR_SIGNING_SECRET")
-        if env:
-            return env.encode()
-        path = self.data_dir / "signing.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(secrets.token_hex(32))
-            tmp.chmod(0o600)
-            try:
-                os.link(tmp, path)   # atomic create-if-absent: concurrent replicas agree on one secret
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink(missing_ok=True)
-        return path.read_text().strip().encode()
+        return local_secret("AVATAR_SIGNING_SECRET", self.data_dir / "signing.key")
+
+
+def local_secret(env_name: str, path: Path) -> bytes:
+    """The secret in `$env_name`, else one generated once into `path` (0600) and shared by every process."""
+    env = os.environ.get(env_name)
+    if env:
+        return env.encode()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(secrets.token_hex(32))
+        tmp.chmod(0o600)
+        try:
+            os.link(tmp, path)   # atomic create-if-absent: concurrent processes agree on one secret
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path.read_text().strip().encode()
