@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 from ray import serve
@@ -72,7 +73,9 @@ class StyleApply(StageReplica):
         """Apply the multiplexed token; the job leaves with its id, version and params (no LUT)."""
         if not job.account or model_id != model_id_for(job.account, job.style):
             raise NotFound(f"no style {job.style!r}", field="style", code="style_not_found")
-        job.token = await self.get_token(model_id)
+        started = time.perf_counter()
+        job.token = await self.get_token(model_id)   # storage read + decode when cold, a lookup when warm
+        job.timings["style_token_load"] = round((time.perf_counter() - started) * 1000, 3)
         job = await self.call("run", job)
         manifest = job.token.get("manifest") or {}
         version = token_version(manifest) if manifest else str(job.token.get("version", ""))
