@@ -22,7 +22,7 @@ from avatar.errors import NotFound
 from avatar.job import AvatarJob
 from avatar.storage import Storage
 from avatar.styles.token import load_token
-from deployments.stage_replica import StageReplica
+from deployments.stage_replica import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE, StageReplica
 
 # A baked 33^3 LUT is ~0.4 MB, so 64 tokens cost ~30 MB per replica.
 MAX_TOKENS_PER_REPLICA = int(os.environ.get("AVATAR_MAX_TOKENS_PER_REPLICA", "64"))
@@ -48,11 +48,23 @@ class StyleApply(StageReplica):
         self._token_storage: Storage | None = None
         self.token_loads: list[str] = []      # model ids loaded from storage by this replica, in order
 
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self.configure_batching(self.run_batched, config)   # `batch: {max_batch_size, wait_timeout_s}`
+        super().reconfigure(config)
+
     async def run(self, job: AvatarJob) -> AvatarJob:
+        """Engines with `apply_batch` (diffusion) get concurrent requests batched; custom style tokens and the CPU
+        engine run one job at a time."""
         model_id = serve.get_multiplexed_model_id()
         if model_id:
             return await self.run_custom(job, model_id)
+        if job.token is None and self.engine_has("apply_batch"):
+            return await self.run_batched(job)
         return await super().run(job)
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    async def run_batched(self, jobs: list[AvatarJob]) -> list[AvatarJob]:
+        return await self.call("run_batch", jobs)
 
     # ------------------------------------------------------------ custom style tokens (model multiplexing)
     def _storage(self) -> Storage:
