@@ -122,7 +122,32 @@ def openapi_document() -> dict[str, Any]:
                                {"name": "signature", "in": "query", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "PNG", "content": {"image/png": {}}},
                               "403": {"description": "Bad or expired signature", **ref("Error")}}}},
+            "/v1/styles": {
+                "post": {"summary": "Train a custom style from 50-200 example images (Bearer API key)",
+                         "requestBody": {"required": True, "content": {
+                             "multipart/form-data": {"schema": {"type": "object", "properties": {
+                                 "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                                 "name": {"type": "string"}, "epochs": {"type": "integer"},
+                                 "base_style": {"type": "string"}}}},
+                             "application/json": {"schema": {"type": "object", "properties": {
+                                 "images_uri": {"type": "string"}, "name": {"type": "string"},
+                                 "epochs": {"type": "integer"}}}}}},
+                         "responses": {"202": {"description": "Job accepted: job id, token id, status URL"},
+                                       **errors}},
+                "get": {"summary": "The account's styles and unfinished jobs",
+                        "responses": {"200": {"description": "Styles and jobs"}, **errors}}},
+            "/v1/styles/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+                                "description": "A job id or a style token"}],
+                "get": {"summary": "Status and progress (state, epoch, loss, ETA)",
+                        "responses": {"200": {"description": "Status"}, **errors}},
+                "delete": {"summary": "Remove a style (and cancel its job)",
+                           "responses": {"204": {"description": "Removed"}, **errors}}},
+            "/v1/stats": {"get": {"summary": "This ingress replica's request counts and gate pass rates",
+                                  "responses": {"200": {"description": "Counts"}}}},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
         },
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": {
+            "apiKey": {"type": "http", "scheme": "bearer", "description": "Account API key (avk_...)"}}},
+        "security": [{}, {"apiKey": []}],
     }
