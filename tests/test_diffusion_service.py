@@ -126,6 +126,21 @@ def test_batch_settings_from_user_config():
             batch_settings({"batch": bad})
 
 
+def test_changing_only_batch_settings_keeps_the_loaded_engine():
+    from deployments.style_apply import StyleApply
+    replica = StyleApply.func_or_class()
+    replica.reconfigure({"engine": {"name": "cpu"}})
+    stage = replica.stage
+    assert replica.run_batched._get_max_batch_size() == 4
+    replica.reconfigure({"engine": {"name": "cpu"}, "batch": {"max_batch_size": 6, "wait_timeout_s": 0.1}})
+    assert replica.stage is stage and replica.run_batched._get_max_batch_size() == 6
+    assert replica.run_batched._get_batch_wait_timeout_s() == 0.1
+    replica.reconfigure({"engine": {"name": "cpu", "options": {}}})   # an engine change rebuilds the stage
+    assert replica.stage is not stage and replica.run_batched._get_max_batch_size() == 4
+    with pytest.raises(ValueError):
+        replica.reconfigure({"engine": {"name": "cpu"}, "batch": {"max_batch_size": 0}})
+
+
 def test_cpu_engine_keeps_one_job_at_a_time(monkeypatch, local_batching, face_crop):
     from ray import serve
 
@@ -146,21 +161,21 @@ def test_concurrent_style_requests_share_one_engine_call(monkeypatch, local_batc
     from avatar.styles.diffusion import DiffusionStyleEngine
     from deployments.style_apply import StyleApply
     sizes = _spy(monkeypatch, DiffusionStyleEngine, "apply_batch")
-    config = {"engine": engine(recipes_yaml), "batch": {"max_batch_size": 4, "wait_timeout_s": 0.5}}
+    config = {"engine": engine(recipes_yaml), "batch": {"max_batch_size": 5, "wait_timeout_s": 0.5}}
     handle = _run_local(monkeypatch, StyleApply, config, "apply_batch")
     assert sizes == [1, 1, 1]   # the warm-up: one generation per recipe
     sizes.clear()
     image, landmarks = face_crop
     jobs = [make_job(shifted(image, i), landmarks, i) for i in range(6)]
     results = [r.result(timeout_s=60) for r in [handle.run.remote(job) for job in jobs]]
-    assert sizes == [4, 2]      # max_batch_size from user_config; the rest after the wait timeout
+    assert sizes == [5, 1]      # max_batch_size from user_config (the default 4 would give [4, 2]), then the rest
     for job, out in zip(jobs, results):
         assert out.request_id == job.request_id   # every caller gets its own job back
         assert decode_trusted(out.styled).shape == image.shape
         assert out.versions["style_engine"].startswith("diffusion/1.0+diffusers")
         assert out.versions["style_model"].startswith("sd-tiny@") and out.timings["style_apply"] > 0
     single = handle.run.remote(make_job(shifted(image, 5), landmarks, 5)).result(timeout_s=60)
-    assert sizes == [4, 2, 1]
+    assert sizes == [5, 1, 1]
     assert np.array_equal(decode_trusted(single.styled), decode_trusted(results[5].styled))   # seeds per request
 
 
@@ -171,7 +186,7 @@ def test_concurrent_background_requests_share_one_engine_call(monkeypatch, local
     from avatar.styles.diffusion import DiffusionBackgroundEngine
     from deployments.bg_generate import BgGenerate
     sizes = _spy(monkeypatch, DiffusionBackgroundEngine, "render_batch")
-    config = {"engine": engine(recipe_book(base_model)), "batch": {"max_batch_size": 3, "wait_timeout_s": 0.5}}
+    config = {"engine": engine(recipe_book(base_model)), "batch": {"max_batch_size": 2, "wait_timeout_s": 0.5}}
     handle = _run_local(monkeypatch, BgGenerate, config, "render_batch")
     sizes.clear()
     image, landmarks = face_crop
@@ -181,7 +196,7 @@ def test_concurrent_background_requests_share_one_engine_call(monkeypatch, local
         job.styled = encode_lossless(shifted(image, i))
         jobs.append(job)
     results = [r.result(timeout_s=60) for r in [handle.run.remote(job) for job in jobs]]
-    assert sizes == [3]
+    assert sizes == [2, 1]
     for job, out in zip(jobs, results):
         composed, person = decode_trusted(out.composed), decode_mask(out.mask) >= 1.0
         assert composed.shape == image.shape and person.any() and not person.all()
