@@ -13,7 +13,7 @@ CONFIG_PATH = Path(__file__).resolve().parent.parent / "serve_config.yaml"
 # Deployment fields `Deployment.options()` accepts, as written in serve_config.yaml.
 _OPTION_FIELDS = ("num_replicas", "max_ongoing_requests", "max_queued_requests", "autoscaling_config",
                   "ray_actor_options", "user_config", "health_check_period_s", "health_check_timeout_s",
-                  "graceful_shutdown_timeout_s", "graceful_shutdown_wait_loop_s")
+                  "graceful_shutdown_timeout_s", "graceful_shutdown_wait_loop_s", "max_constructor_retry_count")
 
 
 def load_config(path: str | Path = CONFIG_PATH) -> dict[str, Any]:
