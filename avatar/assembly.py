@@ -18,7 +18,12 @@ def load_photo_stage(cfg: dict[str, Any]) -> LoadPhotoStage:
     policy = FetchPolicy(timeout_s=float(cfg.get("fetch_timeout_s", settings.fetch_timeout_s)),
                          max_bytes=int(cfg.get("fetch_max_bytes", settings.fetch_max_bytes)),
                          allow_private=bool(cfg.get("fetch_allow_private", settings.fetch_allow_private)))
-    return LoadPhotoStage(limits, policy, int(cfg.get("max_working_side", 2048)))
+    inputs = None
+    if cfg.get("input_cache", True):
+        from avatar.input_cache import InputCache
+        inputs = InputCache(Storage(cfg.get("storage_uri") or settings.resolved_storage_uri),
+                            ttl_s=int(cfg.get("input_ttl_s", 24 * 3600)))
+    return LoadPhotoStage(limits, policy, int(cfg.get("max_working_side", 2048)), inputs)
 
 
 def face_detect_stage(cfg: dict[str, Any]) -> FaceDetectStage:

@@ -34,6 +34,8 @@ class GenerateRequest(BaseModel):
 
     image: str | None = Field(None, description="Base64 or data URI of a JPEG, PNG or WebP photo, >= 200x200.")
     image_url: str | None = Field(None, description="http(s) URL of the photo; fetched with a size cap and timeout.")
+    input_id: str | None = Field(None, description="A photo cached by an earlier request with cache_input (24 h).")
+    cache_input: bool = Field(False, description="Keep the normalised photo for 24 h and answer its input_id.")
     style: str | None = Field(None, description="Built-in style or an account's custom style token; "
                                                 "defaults to the platform's style.")
     platform: str = Field("generic", description="Target platform: sets resolution, framing and default style.")
@@ -44,8 +46,7 @@ class GenerateRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "GenerateRequest":
-        if (self.image is None) == (self.image_url is None):
-            raise ValueError("exactly one of 'image' and 'image_url' is required")
+        _one_source(self)
         if self.platform not in PLATFORMS:
             raise ValueError(f"unknown platform {self.platform!r}; allowed: {', '.join(sorted(PLATFORMS))}")
         if self.style is not None and self.style not in BUILTIN_STYLES and not is_style_token(self.style):
@@ -70,6 +71,14 @@ class GenerateRequest(BaseModel):
     @property
     def size(self) -> int:
         return PLATFORMS[self.platform].size_for(self.resolution)
+
+
+def _one_source(req: "GenerateRequest | CheckRequest") -> None:
+    given = [name for name in ("image", "image_url", "input_id") if getattr(req, name) is not None]
+    if len(given) != 1:
+        raise ValueError("exactly one of 'image', 'image_url' and 'input_id' is required")
+    if req.input_id is not None and req.cache_input:
+        raise ValueError("'cache_input' applies to a new photo, not to 'input_id'")
 
 
 _FIELD_FOR_MESSAGE = (("platform", "platform"), ("style", "style"), ("palette", "palette"),
@@ -103,12 +112,13 @@ class CheckRequest(BaseModel):
 
     image: str | None = None
     image_url: str | None = None
+    input_id: str | None = None
+    cache_input: bool = False
     platform: str = "generic"
 
     @model_validator(mode="after")
     def _check(self) -> "CheckRequest":
-        if (self.image is None) == (self.image_url is None):
-            raise ValueError("exactly one of 'image' and 'image_url' is required")
+        _one_source(self)
         if self.platform not in PLATFORMS:
             raise ValueError(f"unknown platform {self.platform!r}; allowed: {', '.join(sorted(PLATFORMS))}")
         return self
@@ -136,6 +146,8 @@ class GenerateResponse(BaseModel):
     request_id: str
     latency_ms: float
     created_at: str
+    input_id: str | None = None
+    input_expires_at: str | None = None
     attempts: int = 1
     attempt_history: list[dict] = []
     checks: dict[str, bool] = {}

@@ -22,6 +22,8 @@ class PhotoInput:
 
     data: bytes | None = None
     url: str | None = None
+    input_id: str | None = None     # a photo cached earlier (cache_input)
+    cache: bool = False             # keep this photo for 24 h
     field: str = "image"
 
 
@@ -39,6 +41,8 @@ class AvatarJob:
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     photo: bytes | None = None              # upright RGB input, re-encoded
+    input_id: str | None = None             # set when the photo was cached (cache_input)
+    input_expires_at: int | None = None
     photo_size: tuple[int, int] = (0, 0)
     face_count: int = 0
     face_coverage: float = 0.0

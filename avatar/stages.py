@@ -49,10 +49,11 @@ class LoadPhotoStage:
     name = "load_photo"
 
     def __init__(self, limits: DecodeLimits = DecodeLimits(), fetch_policy: FetchPolicy = FetchPolicy(),
-                 max_working_side: int = 2048) -> None:
+                 max_working_side: int = 2048, inputs=None) -> None:
         self.limits = limits
         self.fetch_policy = fetch_policy
         self.max_working_side = max_working_side
+        self.inputs = inputs   # avatar.input_cache.InputCache, for cache_input / input_id
 
     def load(self, source: PhotoInput) -> np.ndarray:
         data = source.data if source.data is not None else fetch_image(source.url or "", self.fetch_policy)
@@ -60,11 +61,24 @@ class LoadPhotoStage:
 
     def run(self, job: AvatarJob, source: PhotoInput) -> AvatarJob:
         with timed(job, self.name):
+            if source.input_id is not None:
+                job.photo = self._cache().get(job.account, source.input_id)
+                with Image.open(io.BytesIO(job.photo)) as img:
+                    job.photo_size = img.size
+                return job
             rgb = self.load(source)
             job.photo_size = (rgb.shape[1], rgb.shape[0])
             rgb = _limit_side(rgb, self.max_working_side)
             job.photo = encode_lossless(rgb) if rgb.size <= 1_500_000 * 3 else encode_jpeg(rgb, 95)
+            if source.cache:
+                job.input_id, job.input_expires_at = self._cache().put(job.account, job.photo)
         return job
+
+    def _cache(self):
+        if self.inputs is None:
+            raise InvalidRequest("this service keeps no inputs (input cache disabled)", field="input_id",
+                                 code="input_cache_disabled")
+        return self.inputs
 
 
 def _limit_side(rgb: np.ndarray, side: int) -> np.ndarray:

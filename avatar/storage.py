@@ -46,6 +46,13 @@ class Storage:
     def exists(self, key: str) -> bool:
         return self.fs.get_file_info(self._path(key)).type == pafs.FileType.File
 
+    def modified(self, key: str) -> float | None:
+        """Last modification time (epoch seconds) of `key`, or None if absent."""
+        info = self.fs.get_file_info(self._path(key))
+        if info.type != pafs.FileType.File or info.mtime is None:
+            return None
+        return info.mtime.timestamp()
+
     def delete(self, key: str) -> None:
         try:
             self.fs.delete_file(self._path(key))

@@ -117,9 +117,11 @@ class AvatarIngress:
 
     async def check(self, request: Request) -> Response:
         """Pre-flight on an upload: face count, coverage, head angle, quality; no generation, nothing charged."""
+        account = await self.styles.authenticate(request, self.config)
         payload, upload = await parse_payload(request, self.config.max_body_bytes)
         req: CheckRequest = parse_request(CheckRequest, payload)
-        job = AvatarJob(request_id=AvatarJob.new_request_id(), style="", platform=req.platform, size=0, intensity=0)
+        job = AvatarJob(request_id=AvatarJob.new_request_id(), style="", platform=req.platform, size=0, intensity=0,
+                        account=account)
         try:
             job = await asyncio.wait_for(self._call("load_photo", job, _photo_input(req, upload)),
                                          timeout=self.config.request_timeout_s)
@@ -130,7 +132,7 @@ class AvatarIngress:
             self.telemetry.checked(error.code)
             return error_response(error, job.request_id)
         self.telemetry.checked("accepted" if report["accepted"] else "not_accepted")
-        return JSONResponse({**report, "platform": req.platform, "request_id": job.request_id})
+        return JSONResponse({**report, **_input_fields(job), "platform": req.platform, "request_id": job.request_id})
 
     def response_body(self, request: Request, job: AvatarJob, started: float) -> dict[str, Any]:
         base = self.config.public_url or str(request.base_url)
@@ -149,7 +151,7 @@ class AvatarIngress:
             "attempts": job.attempt, "attempt_history": job.history, "billable": job.billable, "checks": gate.checks if gate else {},
             "auto_accept": bool(gate and gate.auto_accept), "needs_review": bool(gate and gate.needs_review),
             "latency_ms": _ms(started), "stage_ms": job.timings,
-            "created_at": job.created_at,
+            "created_at": job.created_at, **_input_fields(job),
         }
 
     def serve_file(self, request: Request, key: str) -> Response:
@@ -159,11 +161,21 @@ class AvatarIngress:
 
 
 def _photo_input(req: GenerateRequest | CheckRequest, upload: bytes | None) -> PhotoInput:
+    if req.input_id is not None:
+        return PhotoInput(input_id=req.input_id, field="input_id")
     if upload is not None:
-        return PhotoInput(data=upload, field="image")
+        return PhotoInput(data=upload, field="image", cache=req.cache_input)
     if req.image is not None:
-        return PhotoInput(data=b64decode_image(req.image), field="image")
-    return PhotoInput(url=req.image_url, field="image_url")
+        return PhotoInput(data=b64decode_image(req.image), field="image", cache=req.cache_input)
+    return PhotoInput(url=req.image_url, field="image_url", cache=req.cache_input)
+
+
+def _input_fields(job: AvatarJob) -> dict[str, Any]:
+    """`input_id` and its expiry when the photo was cached for re-use (cache_input)."""
+    if not job.input_id:
+        return {}
+    return {"input_id": job.input_id,
+            "input_expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job.input_expires_at or 0))}
 
 
 def _ms(started: float) -> float:

@@ -129,3 +129,19 @@ def test_fetch_refuses_private_targets_even_after_a_redirect(local_server, monke
     assert decode_photo(data, field="image_url").shape == (210, 210, 3)
     with pytest.raises(PayloadTooLarge):
         fetch_image(f"http://photos.example:{local_server}/photo.png", FetchPolicy(max_bytes=100))
+
+
+def test_input_cache_expires_and_is_per_account(tmp_path, monkeypatch):
+    from avatar.input_cache import InputCache
+    cache = InputCache(Storage(str(tmp_path / "s")), ttl_s=60, sweep_every_s=0)
+    input_id, expires = cache.put("acc_a", b"photo")
+    assert cache.get("acc_a", input_id) == b"photo"
+    with pytest.raises(NotFound):
+        cache.get("acc_b", input_id)               # another account's input is not found
+    with pytest.raises(NotFound):
+        cache.get("acc_a", "../../signing.key")
+    import time as time_mod
+    monkeypatch.setattr(time_mod, "time", lambda: expires + 5)
+    with pytest.raises(NotFound):
+        cache.get("acc_a", input_id)               # expired
+    assert cache.maybe_sweep() == 1 and cache.storage.list("inputs") == []

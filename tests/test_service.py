@@ -229,3 +229,19 @@ def test_usage_log_has_one_row_per_generate_request(service, astronaut):
     assert miss["outcome"] == "face_too_small" and not miss["billable"]
     stats = service.get("/v1/stats").json()
     assert stats["counts"]["generate"] >= 2 and stats["pass_rate"]["face_present"] == 1.0
+
+
+def test_cached_input_is_reused_without_upload(service, astronaut):
+    check = service.post("/v1/avatar/check", json={"image": _b64(astronaut), "cache_input": True}).json()
+    input_id = check["input_id"]
+    assert input_id.startswith("in_") and check["input_expires_at"]
+    body = service.post("/v1/avatar/generate", json={"input_id": input_id, "style": "anime_character",
+                                                     "platform": "discord"})
+    assert body.status_code == 200, body.text
+    assert body.json()["face_count"] == 1 and "input_id" not in body.json()
+    missing = service.post("/v1/avatar/generate", json={"input_id": "in_" + "A" * 22})
+    assert missing.status_code == 404 and missing.json()["error"]["field"] == "input_id"
+    both = service.post("/v1/avatar/generate", json={"input_id": input_id, "image": _b64(astronaut)})
+    assert both.status_code == 422
+    plain = service.post("/v1/avatar/generate", json={"image": _b64(astronaut)}).json()
+    assert "input_id" not in plain   # stateless unless asked
