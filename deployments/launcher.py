@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-import time
+import signal
+import threading
 from typing import Any
 
 from deployments.serve_config import (CONFIG_PATH, app_config, apply_cpu_profile, deployment_options,
@@ -48,12 +49,16 @@ def deploy(profile: str = "auto", config_path: str = str(CONFIG_PATH), host: str
 
 
 def serve_forever(host: str, port: int, profile: str, config_path: str, dashboard: bool) -> None:
+    """Run until SIGINT/SIGTERM, then shut Serve and the local Ray down (no replicas left behind)."""
+    import ray
+    from ray import serve
+    stop = threading.Event()
     init_local_ray(dashboard=dashboard)
+    for sig in (signal.SIGINT, signal.SIGTERM):   # Ray replaces the default handlers; ours must win
+        signal.signal(sig, lambda *_: stop.set())
     used = deploy(profile, config_path, host, port)
     print(f"avatar service ready on http://{host}:{port} (profile: {used}); Ctrl-C stops it", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        from ray import serve
-        serve.shutdown()
+    stop.wait()
+    print("shutting down", flush=True)
+    serve.shutdown()
+    ray.shutdown()
