@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from avatar.errors import AvatarError
@@ -31,8 +32,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             payload[key] = getattr(args, key)
     req = parse_request(GenerateRequest, payload)
-    store_dir = Path(args.output).resolve().parent / ".avatar-store"
-    with LocalPipeline(configs={"save_avatar": {"storage_uri": str(store_dir)}}) as pipeline:
+    with tempfile.TemporaryDirectory(prefix="avatar-") as store_dir, \
+            LocalPipeline(configs={"save_avatar": {"storage_uri": store_dir},
+                                   "load_photo": {"input_cache": False}}) as pipeline:
         job = pipeline.generate(req, PhotoInput(data=Path(args.photo).read_bytes()))
         Path(args.output).write_bytes(pipeline.stages["save_avatar"].storage.get(job.avatar_key))
     print(json.dumps({"output": args.output, "face_count": job.face_count, "likeness_score": job.likeness_score,
