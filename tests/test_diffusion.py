@@ -161,10 +161,9 @@ def test_textual_inversion_token_and_lru(engine, models, face, tmp_path):
     assert np.array_equal(styled, engine.apply(img, lm, spec("sty_tinyAAAA", token=token_a)))   # reloads
 
 
-def test_lora_token_without_peft_is_a_clear_error(engine, face):
-    from avatar.styles.diffusion import _has_peft
-    if _has_peft():
-        pytest.skip("peft installed: LoRA tokens load")
+def test_lora_token_without_peft_is_a_clear_error(engine, face, monkeypatch):
+    import avatar.styles.diffusion as diffusion
+    monkeypatch.setattr(diffusion, "_has_peft", lambda: False)
     with pytest.raises(ModelUnavailable, match="peft"):
         engine.apply(face[0], face[1], spec("sty_loraXXXXX", token={"kind": "lora", "path": "x.safetensors"}))
 
@@ -265,13 +264,74 @@ def test_control_images():
         landmark_sketch(np.zeros((10, 2)), 64)
 
 
-def test_lora_recipe_without_peft_fails_at_start_up(models):
-    from avatar.styles.diffusion import DiffusionStyleEngine, _has_peft
-    if _has_peft():
-        pytest.skip("peft installed: LoRA recipes load")
+def test_lora_recipe_without_peft_fails_at_start_up(models, monkeypatch):
+    import avatar.styles.diffusion as diffusion
+    monkeypatch.setattr(diffusion, "_has_peft", lambda: False)
     recipes = {"plain": {"base_model": str(models["base"]), "prompt": "x", "lora": {"path": str(models["base"])}}}
     with pytest.raises(ModelUnavailable, match="peft"):
-        DiffusionStyleEngine(recipes, warmup=False)
+        diffusion.DiffusionStyleEngine(recipes, warmup=False)
+
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def build_lora(root: Path, unet_dir: Path, *, seed: int = 5) -> Path:
+    """A rank-4 LoRA on the tiny UNet's attention projections with non-zero (random) up and down weights, saved in
+    the diffusers LoRA format (`unet.*.lora.{down,up}.weight`) as training scripts write it."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(unet_dir)
+    # init_lora_weights=False: both factors random (the default zero `up` would make the LoRA a no-op)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(root, unet_lora_layers=layers, weight_name=LORA_FILE)
+    return root / LORA_FILE
+
+
+@pytest.fixture(scope="session")
+def lora_engine(models, tmp_path_factory):
+    """The plain recipe, the same recipe with a style LoRA, and the path of that LoRA file."""
+    from avatar.styles.diffusion import DiffusionStyleEngine
+    path = build_lora(tmp_path_factory.mktemp("lora-tiny"), models["base"] / "unet")
+    base = {"base_model": str(models["base"]), "steps": 2, "guidance_scale": 3.0, "prompt": "a portrait photo {token}"}
+    recipes = {"custom": "plain", "recipes": {
+        "plain": base, "lora": {**base, "lora": {"path": str(path.parent), "weight_name": LORA_FILE}}}}
+    return DiffusionStyleEngine(recipes, warmup=False, token_cache_size=1), path
+
+
+def test_lora_recipe_changes_the_output_deterministically(lora_engine, face):
+    engine, _ = lora_engine
+    img, lm = face
+    plain = engine.apply(img, lm, spec("plain"))
+    styled = engine.apply(img, lm, spec("lora"))
+    assert mad(plain, styled) > 1.0
+    assert np.array_equal(styled, engine.apply(img, lm, spec("lora")))
+    assert np.array_equal(plain, engine.apply(img, lm, spec("plain")))       # the LoRA is off for other recipes
+    assert engine._recipe_base["plain"].loras == {"style_lora"}              # loaded once, on the shared base
+
+
+def test_lora_token_loads_and_scales(lora_engine, face):
+    engine, path = lora_engine
+    img, lm = face
+    token = {"kind": "lora", "path": str(path), "id": "sty_loraAAAA"}
+    plain = engine.apply(img, lm, spec("sty_loraAAAA"))
+    styled = engine.apply(img, lm, spec("sty_loraAAAA", token=token))
+    assert mad(plain, styled) > 1.0
+    assert np.array_equal(styled, engine.apply(img, lm, spec("sty_loraAAAA", token=token)))
+    # same weights at scale 1 and the same prompt as the LoRA recipe: the same image
+    assert np.array_equal(styled, engine.apply(img, lm, spec("lora")))
+    half = engine.apply(img, lm, spec("sty_loraAAAA", token={**token, "scale": 0.5}))
+    assert mad(half, plain) > 0.1 and mad(half, styled) > 0.1
+    assert np.array_equal(plain, engine.apply(img, lm, spec("plain")))
+    other = Path(shutil.copy(path, path.parent / "other.safetensors"))
+    engine.apply(img, lm, spec("sty_loraBBBB", token={"kind": "lora", "path": str(other)}))
+    loaded = engine._recipe_base["plain"].loras
+    assert len([n for n in loaded if n.startswith("tok_")]) == 1 and "style_lora" in loaded   # capacity 1: A out
+    assert np.array_equal(styled, engine.apply(img, lm, spec("sty_loraAAAA", token=token)))   # and back
 
 
 def test_background_batch_matches_single(background, face):

@@ -103,15 +103,28 @@ class StyleJobs:
     def __init__(self, storage_uri: str, accounts_uri: str | None = None, **defaults: Any) -> None:
         self.storage_uri, self.accounts_uri = storage_uri, accounts_uri
         self.storage = Storage(storage_uri)
-        self.defaults = defaults     # TrainConfig fields applied to every job (epochs, num_workers, ...)
+        self.defaults = defaults     # config fields applied to every job (epochs, num_workers, engine, ...)
 
     def submit(self, account_id: str, images: str, **options: Any) -> JobStatus:
-        """Validate the examples now (DatasetError, 422, listing bad files; nothing written), then start the job."""
+        """Validate the examples now (DatasetError, 422, listing bad files; nothing written), then start the job.
+
+        `engine`: `"cpu"` (default: a colour LUT token, `training.train_style`) or `"diffusion"` (a textual-inversion
+        embedding on the recipe book's base model, `training.train_diffusion_style`; options such as `recipes`,
+        `base_style`, `models_dir`, `use_gpu`). Constructor defaults that only the other trainer knows are ignored.
+        """
         from training.dataset import load_examples
-        from training.train_style import TrainConfig
-        cfg = TrainConfig(account_id=account_id, images=images, storage_uri=self.storage_uri,
-                          accounts_uri=self.accounts_uri, **{**self.defaults, **options})
-        examples = load_examples(images, size=cfg.image_size, min_count=cfg.min_images, max_count=cfg.max_images)
+        cls = _config_class(options.pop("engine", None) or self.defaults.get("engine") or "cpu")
+        known = {f.name for f in fields(cls)}
+        other = {f.name for c in (_config_class("cpu"), _config_class("diffusion")) for f in fields(c)} - known
+        defaults = {k: v for k, v in self.defaults.items() if k != "engine" and k not in other}
+        cfg = cls(account_id=account_id, images=images, storage_uri=self.storage_uri,
+                  accounts_uri=self.accounts_uri, **{**defaults, **options})
+        # the diffusion trainer decodes at its own resolution on the workers; here only validity matters
+        size = cfg.image_size if getattr(cfg, "engine", "cpu") == "cpu" else 16
+        examples = load_examples(images, size=size, min_count=cfg.min_images, max_count=cfg.max_images)
+        if getattr(cfg, "engine", "cpu") == "diffusion":
+            from training.train_diffusion_style import resolve_base
+            resolve_base(cfg)                # a missing recipe or base model fails the request, not the job
         status = ProgressWriter(self.storage_uri, account_id, cfg.job_id).update(
             state="queued", token_id=cfg.token_id, epochs=cfg.epochs, examples=len(examples.names))
         _launch(cfg)
@@ -170,6 +183,26 @@ class StyleJobs:
             time.sleep(poll_s)
 
 
+def _config_class(engine: str) -> type:
+    if engine == "cpu":
+        from training.train_style import TrainConfig
+        return TrainConfig
+    if engine == "diffusion":
+        from training.train_diffusion_style import DiffusionTrainConfig
+        return DiffusionTrainConfig
+    from avatar.errors import InvalidRequest
+    raise InvalidRequest(f"unknown training engine {engine!r}; use cpu or diffusion", field="engine",
+                         code="unknown_engine")
+
+
+def _run_training(cfg: Any) -> Any:
+    if getattr(cfg, "engine", "cpu") == "diffusion":
+        from training.train_diffusion_style import run_training
+    else:
+        from training.train_style import run_training
+    return run_training(cfg)
+
+
 def _safe_name(name: str) -> str:
     base = name.replace("\\", "/").rsplit("/", 1)[-1].lstrip(".")
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in base) or "image"
@@ -200,9 +233,8 @@ def _job_driver_cls() -> Any:
         """Runs one job's driver (validation, fit, publish) and exits; failures are recorded by `run_training`."""
 
         def run(self, cfg: Any) -> None:
-            from training.train_style import run_training
             try:
-                run_training(cfg)
+                _run_training(cfg)
             except Exception:
                 pass
             finally:

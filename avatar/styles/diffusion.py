@@ -236,6 +236,9 @@ class _TokenCache:
             self.entries.move_to_end(key)
             return self.entries[key][:2]
         name = token.get("trigger") or f"<{token.get('id') or Path(path).stem}>"
+        if token.get("base_model_id") and token["base_model_id"] != base.model_id:
+            log.warning("style token %s was trained on %s but renders on %s; its look may differ",
+                        token.get("id") or path, token["base_model_id"], base.model_id)
         if kind == "textual_inversion":
             _load_embedding(base, loader, str(path), name)
         else:

@@ -6,13 +6,20 @@ Stored under `styles/<account_id>/<token_id>/` in the service storage:
   inspection and re-training), and the engine parameter overrides as JSON metadata;
 - `manifest.json`: id, format version, account, base engine and style, examples' fingerprint, metrics, creation time.
 The tensors are written before the manifest, so a token whose manifest exists is complete.
+
+A diffusion token (`manifest["kind"] == "textual_inversion"`, trained by `training.train_diffusion_style`) keeps
+`embedding.safetensors` instead: `{placeholder: (D,) float32}`, the learnt word's vector in the diffusers
+textual-inversion format, plus the same manifest with the base model it was learnt on. `load_token` returns it as the
+dict `DiffusionStyleEngine` takes (`kind`, `path` of a local file, `trigger`, ...).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -29,6 +36,8 @@ from avatar.errors import NotFound
 FORMAT_VERSION = 1
 TOKEN_FILE = "token.safetensors"
 MANIFEST_FILE = "manifest.json"
+EMBEDDING_FILE = "embedding.safetensors"
+DIFFUSION_KIND = "textual_inversion"
 
 
 class ObjectStore(Protocol):
@@ -104,19 +113,39 @@ def save_token(storage: ObjectStore, token: StyleToken) -> str:
 
 
 def load_token(storage: ObjectStore, account_id: str, token_id: str) -> dict[str, Any]:
-    """The token as `StyleSpec.token` wants it. NotFound (404) when missing, incomplete or another account's."""
-    return load_style_token(storage, account_id, token_id).as_spec_token()
+    """The token as `StyleSpec.token` wants it. NotFound (404) when missing, incomplete or another account's.
+
+    CPU tokens give `{id, version, lut, tone_curve, params, manifest}`; diffusion tokens give
+    `{kind: "textual_inversion", path, trigger, id, version, base_style, base_model_id, params, manifest}` where `path`
+    is a local file (the storage file itself on local storage, else a checksum-named copy in the local token cache).
+    """
+    manifest = _read_manifest(storage, account_id, token_id)
+    if manifest.get("kind") == DIFFUSION_KIND:
+        return _load_diffusion_token(storage, account_id, token_id, manifest)
+    return _load_lut_token(storage, account_id, token_id, manifest).as_spec_token()
 
 
-def load_style_token(storage: ObjectStore, account_id: str, token_id: str) -> StyleToken:
+def _read_manifest(storage: ObjectStore, account_id: str, token_id: str) -> dict[str, Any]:
     prefix = token_prefix(account_id, token_id)
     try:
         manifest = json.loads(storage.get(f"{prefix}/{MANIFEST_FILE}"))
-        blob = storage.get(f"{prefix}/{TOKEN_FILE}")
     except (NotFound, FileNotFoundError):
         raise NotFound(f"no style {token_id!r}", field="style", code="style_not_found") from None
     if manifest.get("account_id") != account_id or manifest.get("token_id") != token_id:
         raise NotFound(f"no style {token_id!r}", field="style", code="style_not_found")
+    return manifest
+
+
+def load_style_token(storage: ObjectStore, account_id: str, token_id: str) -> StyleToken:
+    return _load_lut_token(storage, account_id, token_id, _read_manifest(storage, account_id, token_id))
+
+
+def _load_lut_token(storage: ObjectStore, account_id: str, token_id: str, manifest: dict[str, Any]) -> StyleToken:
+    prefix = token_prefix(account_id, token_id)
+    try:
+        blob = storage.get(f"{prefix}/{TOKEN_FILE}")
+    except (NotFound, FileNotFoundError):
+        raise NotFound(f"no style {token_id!r}", field="style", code="style_not_found") from None
     if manifest.get("sha256") and manifest["sha256"] != hashlib.sha256(blob).hexdigest():
         raise NotFound(f"style {token_id!r} is corrupt", field="style", code="style_corrupt")
     tensors = st_load(blob)
@@ -129,6 +158,91 @@ def delete_token(storage: ObjectStore, account_id: str, token_id: str) -> None:
     prefix = token_prefix(account_id, token_id)
     storage.delete(f"{prefix}/{MANIFEST_FILE}")
     storage.delete(f"{prefix}/{TOKEN_FILE}")
+    storage.delete(f"{prefix}/{EMBEDDING_FILE}")
+
+
+# ---------------------------------------------------------------- diffusion tokens (textual inversion)
+@dataclass
+class DiffusionToken:
+    """A learnt word for a diffusion base model: `placeholder` (the trigger, `<token_id>`) and its embedding."""
+
+    token_id: str
+    account_id: str
+    placeholder: str
+    vector: np.ndarray                    # (D,) float32, D = the base model's text-encoder width
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def build_diffusion_manifest(token_id: str, account_id: str, *, placeholder: str, base_style: str,
+                             base_model: dict[str, Any], fingerprint: str, example_count: int,
+                             metrics: dict[str, float], training: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`base_model`: `{ref, family, fingerprint, embedding_dim}` of the model the embedding was learnt on."""
+    return {"token_id": token_id, "version": FORMAT_VERSION, "kind": DIFFUSION_KIND, "account_id": account_id,
+            "base_engine": {"name": "diffusion", "version": FORMAT_VERSION}, "base_style": base_style,
+            "base_model": dict(base_model), "placeholder": placeholder,
+            "examples": {"count": example_count, "fingerprint": fingerprint},
+            "metrics": {k: float(v) for k, v in metrics.items()}, "training": dict(training or {}),
+            "created_at": datetime.now(timezone.utc).isoformat()}
+
+
+def save_diffusion_token(storage: ObjectStore, token: DiffusionToken) -> str:
+    """Write the embedding (diffusers textual-inversion format) and then the manifest; returns the storage prefix."""
+    prefix = token_prefix(token.account_id, token.token_id)
+    vector = np.ascontiguousarray(token.vector, dtype=np.float32).reshape(-1)
+    if not np.isfinite(vector).all():
+        raise ValueError("embedding has non-finite values")
+    blob = st_save({token.placeholder: vector}, metadata={"token_id": token.token_id,
+                                                          "format_version": str(FORMAT_VERSION)})
+    manifest = dict(token.manifest, token_id=token.token_id, account_id=token.account_id, kind=DIFFUSION_KIND,
+                    placeholder=token.placeholder)
+    manifest.setdefault("version", FORMAT_VERSION)
+    manifest.setdefault("params", {"base_style": manifest.get("base_style")})
+    manifest["sha256"] = hashlib.sha256(blob).hexdigest()
+    storage.put(f"{prefix}/{EMBEDDING_FILE}", blob)
+    storage.put(f"{prefix}/{MANIFEST_FILE}", json.dumps(manifest, sort_keys=True, indent=1).encode())
+    token.manifest = manifest
+    return prefix
+
+
+def token_cache_dir() -> str:
+    """Where embeddings from non-local storage are copied for the diffusion pipelines to read
+    (`AVATAR_TOKEN_CACHE_DIR`, else `<system temp>/avatar-style-tokens`)."""
+    return os.environ.get("AVATAR_TOKEN_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "avatar-style-tokens")
+
+
+def _local_path(storage: ObjectStore, key: str) -> str | None:
+    """The local file behind `key` when the storage is a local directory, else None."""
+    fs, path_of = getattr(storage, "fs", None), getattr(storage, "_path", None)
+    if fs is None or path_of is None or type(fs).__name__ != "LocalFileSystem":
+        return None
+    return path_of(key)
+
+
+def _load_diffusion_token(storage: ObjectStore, account_id: str, token_id: str,
+                          manifest: dict[str, Any]) -> dict[str, Any]:
+    key = f"{token_prefix(account_id, token_id)}/{EMBEDDING_FILE}"
+    try:
+        blob = storage.get(key)
+    except (NotFound, FileNotFoundError):
+        raise NotFound(f"no style {token_id!r}", field="style", code="style_not_found") from None
+    digest = hashlib.sha256(blob).hexdigest()
+    if manifest.get("sha256") and manifest["sha256"] != digest:
+        raise NotFound(f"style {token_id!r} is corrupt", field="style", code="style_corrupt")
+    path = _local_path(storage, key)
+    if path is None:
+        cached = os.path.join(token_cache_dir(), account_id, f"{token_id}-{digest[:16]}.safetensors")
+        if not os.path.isfile(cached):
+            os.makedirs(os.path.dirname(cached), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(cached), suffix=".part")
+            with os.fdopen(fd, "wb") as out:
+                out.write(blob)
+            os.replace(tmp, cached)       # readers never see a partial file
+        path = cached
+    base_model = manifest.get("base_model") or {}
+    return {"kind": DIFFUSION_KIND, "path": path, "trigger": manifest.get("placeholder") or f"<{token_id}>",
+            "id": token_id, "version": manifest.get("version", FORMAT_VERSION),
+            "base_style": manifest.get("base_style"), "base_model_id": base_model.get("fingerprint"),
+            "params": dict(manifest.get("params") or {}), "manifest": manifest}
 
 
 class TokenCache:
