@@ -77,7 +77,7 @@ class AvatarJob:
 
     def spec(self) -> StyleSpec:
         return StyleSpec(style=self.style, intensity=self.intensity, palette=self.palette,
-                         background=self.background, token=self.token)
+                         background=self.background, token=self.token, platform=self.platform)
 
     def warn(self, code: str, message: str) -> None:
         if all(w.code != code for w in self.warnings):

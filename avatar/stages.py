@@ -166,6 +166,12 @@ class FaceDetectStage:
 
 
 # ---------------------------------------------------------------- StyleApply
+def engine_used(engine, job: AvatarJob):
+    """The engine that rendered `job`: a routed engine's pick for it, else the engine itself (for metadata)."""
+    pick = getattr(engine, "engine_for", None)
+    return pick(job.spec()) if callable(pick) else engine
+
+
 class StyleApplyStage:
     name = "style_apply"
 
@@ -196,9 +202,10 @@ class StyleApplyStage:
 
     def _finish(self, job: AvatarJob, styled: np.ndarray) -> None:
         job.styled = encode_lossless(styled)
-        job.versions["style_engine"] = f"{self.engine.name}/{self.engine.version}"
-        model_ids = getattr(self.engine, "model_ids", None)   # per style when the engine loads several models
-        model = (model_ids or {}).get(job.style) or getattr(self.engine, "model_id", None)
+        engine = engine_used(self.engine, job)
+        job.versions["style_engine"] = f"{engine.name}/{engine.version}"
+        model_ids = getattr(engine, "model_ids", None)   # per style when the engine loads several models
+        model = (model_ids or {}).get(job.style) or getattr(engine, "model_id", None)
         if model:
             job.versions["style_model"] = str(model)
 
@@ -241,7 +248,8 @@ class BgGenerateStage:
 
     def _finish(self, job: AvatarJob, composed: np.ndarray) -> None:
         job.composed = encode_lossless(composed)
-        job.versions["background_engine"] = f"{self.engine.name}/{self.engine.version}"
+        engine = engine_used(self.engine, job)
+        job.versions["background_engine"] = f"{engine.name}/{engine.version}"
 
 
 # ---------------------------------------------------------------- DetailEnhance

@@ -31,9 +31,20 @@ def _diffusion_background(options: dict[str, Any]) -> BackgroundEngine:
     return DiffusionBackgroundEngine(**options)
 
 
-STYLE_ENGINES: dict[str, Callable[[dict[str, Any]], StyleEngine]] = {"cpu": _cpu_style, "diffusion": _diffusion_style}
+def _routed_style(options: dict[str, Any]) -> StyleEngine:
+    from avatar.styles.routing import RoutedStyleEngine
+    return RoutedStyleEngine(**options)
+
+
+def _routed_background(options: dict[str, Any]) -> BackgroundEngine:
+    from avatar.styles.routing import RoutedBackgroundEngine
+    return RoutedBackgroundEngine(**options)
+
+
+STYLE_ENGINES: dict[str, Callable[[dict[str, Any]], StyleEngine]] = {
+    "cpu": _cpu_style, "diffusion": _diffusion_style, "routed": _routed_style}
 BACKGROUND_ENGINES: dict[str, Callable[[dict[str, Any]], BackgroundEngine]] = {
-    "cpu": _cpu_background, "diffusion": _diffusion_background}
+    "cpu": _cpu_background, "diffusion": _diffusion_background, "routed": _routed_background}
 
 
 def create_style_engine(name: str = "cpu", options: dict[str, Any] | None = None) -> StyleEngine:
