@@ -111,3 +111,28 @@ def test_a_pasted_different_face_fails_likeness(pipeline, photo, face_analyzer):
     assert job.attempt == 3 and not job.billable
     assert "low_likeness" in {w.code for w in job.warnings}
     assert job.likeness_score < 0.6
+
+
+class SaturatedBackgroundFlagged:
+    """Stands in for the NSFW classifier (no unsafe images ship with the tests): flags a vivid, saturated border
+    (neon backgrounds measure ~50 there, the calm studio background ~10)."""
+
+    def nsfw_probability(self, rgb):
+        border = np.concatenate([rgb[:120].reshape(-1, 3), rgb[:, :80].reshape(-1, 3), rgb[:, -80:].reshape(-1, 3)])
+        border = border.astype(np.float32)
+        saturation = (border.max(1) - border.min(1)).mean()
+        return 0.9 if saturation > 30 else 0.01
+
+
+def test_unsafe_background_is_regenerated_calmer_at_the_same_intensity(pipeline, photo):
+    gate = pipeline.stages["quality_gate"].gate
+    real, gate.safety = gate.safety, SaturatedBackgroundFlagged()
+    try:
+        job = _run(pipeline, photo, pipeline.stages["style_apply"].engine, style="anime_character",
+                   platform="discord", style_intensity=0.8)
+    finally:
+        gate.safety = real
+    assert job.attempt == 2 and job.billable, job.history
+    first, second = job.history
+    assert not first["checks"]["content_safety"] and second["checks"]["content_safety"]
+    assert second["background"] == "studio_light" and second["style_intensity"] == first["style_intensity"]
