@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from avatar.errors import AvatarError
+from avatar.errors import AvatarError, InvalidRequest
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -72,11 +72,21 @@ def _cmd_styles_train(args: argparse.Namespace) -> int:
     from avatar.config import ServiceSettings
     from deployments.launcher import init_local_ray
     from training.jobs import ProgressWriter
-    from training.train_style import TrainConfig, run_training
+    if args.engine == "diffusion":
+        from training.train_diffusion_style import DiffusionTrainConfig as Config
+        from training.train_diffusion_style import run_training
+    else:
+        if args.recipes is not None:
+            raise InvalidRequest("--recipes applies to --engine diffusion only", field="recipes")
+        from training.train_style import TrainConfig as Config
+        from training.train_style import run_training
+    # options left out keep the trainer's defaults (cpu: corporate_headshot, 8 epochs; diffusion: the recipe
+    # book's custom style, 4 epochs)
+    options = {"recipes": args.recipes, "base_style": args.base_style, "epochs": args.epochs}
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")   # progress reports every 0.2 s, not 2 s
-    cfg = TrainConfig(account_id=args.account, images=args.images, storage_uri=ServiceSettings().resolved_storage_uri,
-                      accounts_uri=_accounts_uri(), epochs=args.epochs, num_workers=args.workers,
-                      cpus_per_worker=args.cpus_per_worker, base_style=args.base_style)
+    cfg = Config(account_id=args.account, images=args.images, storage_uri=ServiceSettings().resolved_storage_uri,
+                 accounts_uri=_accounts_uri(), num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                 **{k: v for k, v in options.items() if v is not None})
     init_local_ray(num_cpus=max(int(args.workers * args.cpus_per_worker + 0.999), os.cpu_count() or 1))
     outcome: dict = {}
 
@@ -165,10 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = styles_sub.add_parser("train", help="train a style token on a local Ray and print progress")
     train.add_argument("--account", required=True, help="account id (acc_...)")
     train.add_argument("--images", required=True, help="directory (or URI, Parquet manifest) of 50-200 examples")
-    train.add_argument("--epochs", type=int, default=8)
+    train.add_argument("--engine", choices=("cpu", "diffusion"), default="cpu",
+                       help="cpu: a colour LUT token; diffusion: a textual-inversion token on a recipe's base model")
+    train.add_argument("--recipes", default=None,
+                       help="diffusion: the recipe YAML the service uses (default configs/diffusion.yaml)")
+    train.add_argument("--epochs", type=int, default=None, help="default 8 (cpu), 4 (diffusion)")
     train.add_argument("--workers", type=int, default=2)
     train.add_argument("--cpus-per-worker", dest="cpus_per_worker", type=float, default=1.0)
-    train.add_argument("--base-style", dest="base_style", default="corporate_headshot")
+    train.add_argument("--base-style", dest="base_style", default=None,
+                       help="cpu: the built-in style it starts from (default corporate_headshot); diffusion: the "
+                            "recipe whose base model it is trained on (default: the book's custom style)")
     train.set_defaults(func=_cmd_styles_train)
     listing = styles_sub.add_parser("list", help="an account's style tokens and unfinished jobs")
     listing.add_argument("--account", required=True)
