@@ -55,15 +55,20 @@ async def parse_payload(request: Request, max_bytes: int) -> tuple[dict[str, Any
     return payload, None
 
 
-async def _parse_multipart(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes | None]:
+async def read_form(request: Request, max_bytes: int, max_files: int, field: str | None = None) -> Any:
+    """The multipart form, refusing a declared body over `max_bytes` first; a malformed body is a 400."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {max_bytes}", field=None)
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {max_bytes}", field=field)
     try:
-        form = await request.form(max_files=1, max_fields=20, max_part_size=max_bytes)
+        return await request.form(max_files=max_files, max_fields=20, max_part_size=max_bytes)
     except Exception as exc:  # noqa: BLE001 - any multipart parser failure is the client's malformed body
         raise InvalidRequest(f"multipart body could not be parsed ({type(exc).__name__})", field=None,
                              code="invalid_multipart", status=400) from None
+
+
+async def _parse_multipart(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes | None]:
+    form = await read_form(request, max_bytes, max_files=1)
     fields: dict[str, Any] = {}
     upload: bytes | None = None
     for key, value in form.multi_items():

@@ -32,7 +32,7 @@ from avatar.job import AvatarJob
 from avatar.storage import Storage
 from avatar.styles.token import delete_token
 from deployments.auth import Authenticator
-from deployments.http import read_body
+from deployments.http import read_body, read_form
 from deployments.style_apply import model_id_for, token_version
 
 log = logging.getLogger("avatar.styles_api")
@@ -250,14 +250,7 @@ def _check_images_uri(uri: str, account: str, prefixes: list[str]) -> None:
 
 async def _read_upload(request: Request, max_bytes: int) -> tuple[dict[str, bytes], dict[str, Any]]:
     """The `images` file parts (file name -> bytes; repeated names made unique) and the plain fields."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {max_bytes}", field="images")
-    try:
-        form = await request.form(max_files=1000, max_fields=20, max_part_size=max_bytes)
-    except Exception as exc:  # noqa: BLE001 - any multipart parser failure is the client's malformed body
-        raise InvalidRequest(f"multipart body could not be parsed ({type(exc).__name__})", field=None,
-                             code="invalid_multipart", status=400) from None
+    form = await read_form(request, max_bytes, max_files=1000, field="images")
     files: dict[str, bytes] = {}
     fields: dict[str, Any] = {}
     total = 0
