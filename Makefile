@@ -7,13 +7,15 @@ PORT    ?= 8000
 WHEELS  ?= /opt/wheels
 TORCH_SRC := $(if $(wildcard $(WHEELS)/torch-*.whl),--find-links $(WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 export RAY_AUTH_MODE ?= disabled
+# uv on PATH, else the uv module (installed on first use with pip).
+UV      := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
 .PHONY: install models run test bench clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
-	@test -x $(PY) || uv venv -q $(VENV) --python 3.11
-	uv pip install -q --python $(PY) $(TORCH_SRC) -r requirements.txt -e .
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install -q uv
+	@test -x $(PY) || $(UV) venv -q $(VENV) --python 3.11
+	$(UV) pip install -q --python $(PY) $(TORCH_SRC) -r requirements.txt -e .
 	@touch $@
 
 install: $(VENV)/.installed
