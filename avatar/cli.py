@@ -67,7 +67,6 @@ def _cmd_styles_train(args: argparse.Namespace) -> int:
     """Train on a local Ray of this process, printing progress while it runs, then the token id."""
     import os
     import threading
-    import time
 
     from avatar.config import ServiceSettings
     from deployments.launcher import init_local_ray

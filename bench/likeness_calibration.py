@@ -343,7 +343,7 @@ def measure(small: bool) -> tuple[dict, list[Photo]]:
 
 
 def write_json(m: dict, curve: LikenessCurve, mle: float, free: LikenessCurve, styles: dict, small: bool) -> None:
-    same, diff = m["same"], m["diff_hr"] + m["diff_lfw"]
+    diff = m["diff_hr"] + m["diff_lfw"]
     doc = {
         "parameters": {"slope": round(curve.slope, 4), "midpoint": round(curve.midpoint, 4),
                        "formula": "likeness = 1 / (1 + exp(slope * (distance - midpoint)))"},

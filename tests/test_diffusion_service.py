@@ -142,7 +142,6 @@ def test_changing_only_batch_settings_keeps_the_loaded_engine():
 
 
 def test_cpu_engine_keeps_one_job_at_a_time(monkeypatch, local_batching, face_crop):
-    from ray import serve
 
     from avatar.stages import StyleApplyStage
     from deployments.style_apply import StyleApply
@@ -155,7 +154,6 @@ def test_cpu_engine_keeps_one_job_at_a_time(monkeypatch, local_batching, face_cr
 
 
 def test_concurrent_style_requests_share_one_engine_call(monkeypatch, local_batching, recipes_yaml, face_crop):
-    from ray import serve
 
     from avatar.imageio import decode_trusted
     from avatar.styles.diffusion import DiffusionStyleEngine
@@ -180,7 +178,6 @@ def test_concurrent_style_requests_share_one_engine_call(monkeypatch, local_batc
 
 
 def test_concurrent_background_requests_share_one_engine_call(monkeypatch, local_batching, base_model, face_crop):
-    from ray import serve
 
     from avatar.imageio import decode_mask, decode_trusted, encode_lossless
     from avatar.styles.diffusion import DiffusionBackgroundEngine
