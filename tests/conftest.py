@@ -42,3 +42,21 @@ def aligned_astronaut(astronaut, astronaut_face):
     """The astronaut aligned to the canonical template at Framing() defaults, 512x512."""
     from avatar.face.align import align_face
     return align_face(astronaut, astronaut_face, Framing(), 512)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray per test module that needs one (training jobs), sized for a 2-core CI machine."""
+    import os
+    import shutil
+    import tempfile
+
+    import ray
+
+    from deployments.launcher import init_local_ray
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    init_local_ray(num_cpus=2, temp_dir=temp, object_store_mb=256)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)

@@ -5,7 +5,6 @@ diffusion engine and changing its output; isolation between accounts; the artefa
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -65,18 +64,6 @@ def env(root) -> dict:
             "other": other}
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray for this module, sized for a 2-core CI machine."""
-    import ray
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    temp = tempfile.mkdtemp(prefix="rd", dir="/tmp")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
-             _temp_dir=temp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ towards the examples' look, resume after a worker failure, and the resource pre-
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,18 +40,6 @@ def env(tmp_path: Path):
     return {"storage": storage_uri, "accounts": accounts_uri, "store": store, "account": account_id}
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray for this module, sized for a 2-core CI machine."""
-    import ray
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
-             _temp_dir=temp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 def _files_under(root: str) -> list[Path]:
