@@ -59,9 +59,7 @@ spec:
                   limits: {{cpu: "8", memory: 32Gi, nvidia.com/gpu: "1"}}
                   requests: {{cpu: "8", memory: 32Gi, nvidia.com/gpu: "1"}}
                 env:
-                  - {{name: AVATAR_STORAGE_URI, value: "s3://avatars-prod/outputs"}}
-                  - name: AVATAR_SIGNING_SECRET
-                    valueFrom: {{secretKeyRef: {{name: avatar-signing, key: secret}}}}
+{worker_env}
             tolerations:
               - {{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}}
       - groupName: cpu-workers
@@ -78,16 +76,20 @@ spec:
                   limits: {{cpu: "8", memory: 16Gi}}
                   requests: {{cpu: "8", memory: 16Gi}}
                 env:
-                  - {{name: AVATAR_STORAGE_URI, value: "s3://avatars-prod/outputs"}}
-                  - name: AVATAR_SIGNING_SECRET
-                    valueFrom: {{secretKeyRef: {{name: avatar-signing, key: secret}}}}
+{worker_env}
 """
+
+# Environment of every worker pod: where outputs go and the key that signs their URLs.
+WORKER_ENV = """\
+                  - {name: AVATAR_STORAGE_URI, value: "s3://avatars-prod/outputs"}
+                  - name: AVATAR_SIGNING_SECRET
+                    valueFrom: {secretKeyRef: {name: avatar-signing, key: secret}}"""
 
 
 def render(image: str = "avatar-service:0.1.0") -> str:
     config = (ROOT / "serve_config.yaml").read_text()
     body = "\n".join(("    " + line) if line.strip() else "" for line in config.splitlines())
-    return TEMPLATE.format(serve_config=body, image=image)
+    return TEMPLATE.format(serve_config=body, image=image, worker_env=WORKER_ENV)
 
 
 def main() -> None:
