@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Iterator
 
 import numpy as np
@@ -27,22 +27,19 @@ from avatar.storage import Storage
 
 
 @contextmanager
-def timed(job: AvatarJob, name: str) -> Iterator[None]:
+def timed(job: AvatarJob | list[AvatarJob], name: str) -> Iterator[None]:
+    """Adds the block's time to `job.timings[name]`; for a batch, every job gets the whole batch's time, which is
+    how long each request waited for its result."""
     start = time.perf_counter()
     try:
         yield
     finally:
-        job.timings[name] = round(job.timings.get(name, 0.0) + (time.perf_counter() - start) * 1000, 2)
+        elapsed = (time.perf_counter() - start) * 1000
+        for one in job if isinstance(job, list) else [job]:
+            one.timings[name] = round(one.timings.get(name, 0.0) + elapsed, 2)
 
 
 # ---------------------------------------------------------------- LoadPhoto
-@dataclass
-class LoadedPhoto:
-    photo: bytes
-    width: int
-    height: int
-
-
 class LoadPhotoStage:
     """Fetch (URL) and decode untrusted bytes into an upright RGB photo, re-encoded for the next hop."""
 
@@ -185,19 +182,15 @@ class StyleApplyStage:
         return job
 
     def run_batch(self, jobs: list[AvatarJob]) -> list[AvatarJob]:
-        """Many jobs in one engine call (`apply_batch`); engines without it style them one by one.
-        Each job's timing is the whole batch's, which is how long that request waited for its result."""
+        """Many jobs in one engine call (`apply_batch`); engines without it style them one by one."""
         apply_batch = getattr(self.engine, "apply_batch", None)
         if apply_batch is None or not jobs:
             return [self.run(job) for job in jobs]
-        start = time.perf_counter()
-        styled = apply_batch([decode_trusted(j.aligned) for j in jobs], [j.landmarks for j in jobs],
-                             [j.spec() for j in jobs])
-        for job, image in zip(jobs, styled):
-            self._finish(job, image)
-        elapsed = (time.perf_counter() - start) * 1000
-        for job in jobs:
-            job.timings[self.name] = round(job.timings.get(self.name, 0.0) + elapsed, 2)
+        with timed(jobs, self.name):
+            styled = apply_batch([decode_trusted(j.aligned) for j in jobs], [j.landmarks for j in jobs],
+                                 [j.spec() for j in jobs])
+            for job, image in zip(jobs, styled):
+                self._finish(job, image)
         return jobs
 
     def _finish(self, job: AvatarJob, styled: np.ndarray) -> None:
@@ -230,16 +223,13 @@ class BgGenerateStage:
         render_batch = getattr(self.engine, "render_batch", None)
         if render_batch is None or not jobs:
             return [self.run(job) for job in jobs]
-        start = time.perf_counter()
-        for job in jobs:
-            self._ensure_mask(job)
-        out = render_batch([decode_trusted(j.styled) for j in jobs], [decode_mask(j.mask) for j in jobs],
-                           [j.landmarks for j in jobs], [j.spec() for j in jobs])
-        for job, image in zip(jobs, out):
-            self._finish(job, image)
-        elapsed = (time.perf_counter() - start) * 1000
-        for job in jobs:
-            job.timings[self.name] = round(job.timings.get(self.name, 0.0) + elapsed, 2)
+        with timed(jobs, self.name):
+            for job in jobs:
+                self._ensure_mask(job)
+            out = render_batch([decode_trusted(j.styled) for j in jobs], [decode_mask(j.mask) for j in jobs],
+                               [j.landmarks for j in jobs], [j.spec() for j in jobs])
+            for job, image in zip(jobs, out):
+                self._finish(job, image)
         return jobs
 
     def _ensure_mask(self, job: AvatarJob) -> None:
