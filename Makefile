@@ -21,10 +21,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 install: $(VENV)/.installed
 
 models: install
-	$(PY) -m avatar.cli models fetch
+	$(PY) -m cli models fetch
 
 run: models
-	$(PY) -m avatar.cli serve --host $(HOST) --port $(PORT)
+	$(PY) -m cli serve --host $(HOST) --port $(PORT)
 
 test: models
 	$(PY) -m pytest -q -ra tests

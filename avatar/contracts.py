@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from avatar.errors import InvalidRequest
-from avatar.platforms import BUILTIN_STYLES, PLATFORMS, RESOLUTIONS
+from avatar.catalog.platforms import BUILTIN_STYLES, PLATFORMS, RESOLUTIONS
 
 API_VERSION = "v1"
 

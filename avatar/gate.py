@@ -8,7 +8,7 @@ each check is measured, reported with its value, and documented (docs/likeness.m
   gate also accepts the face when its structure survived: the edge map of the output's face region correlates
   >= 0.5 with the unstyled aligned face's (measured: styles at full intensity 0.70-0.99; heavy blur 0.43; scrambled
   face blocks 0.05; another person's face 0.14). Without a reference crop the fallback is dlib's own accept line.
-- likeness: calibrated likeness (avatar.calibration) of the output's face vs the input's, at least the platform's
+- likeness: calibrated likeness (avatar.vision.calibration) of the output's face vs the input's, at least the platform's
   minimum (tier default: professional 0.85, social 0.75, gaming 0.60; per-platform overrides).
 - content_safety: open_nsfw P(nsfw) below `nsfw_threshold` (0.2: Yahoo's guidance reads < 0.2 as safe; portraits
   score 0.002-0.03, so the margin is wide, and a false pass costs far more on a profile picture than a retry).
@@ -23,8 +23,8 @@ from typing import Protocol, Sequence
 import cv2
 import numpy as np
 
-from avatar.calibration import likeness_from_distance
-from avatar.platforms import PLATFORMS, TIER_LIKENESS_MIN
+from avatar.vision.calibration import likeness_from_distance
+from avatar.catalog.platforms import PLATFORMS, TIER_LIKENESS_MIN
 from avatar.types import Box, DetectedFace, Warning
 
 PHOTOREAL_STYLES: frozenset[str] = frozenset({"corporate_headshot", "editorial_portrait"})

@@ -50,6 +50,6 @@ class StyleSpec:
     intensity: float
     palette: str | None = None
     background: str | None = None
-    token: dict | None = None   # a loaded custom style token (see `avatar.styles.token`), if any
+    token: dict | None = None   # a loaded custom style token (see `avatar.tokens`), if any
     platform: str | None = None # the target platform (engines may be routed by it)
     extras: dict = field(default_factory=dict)

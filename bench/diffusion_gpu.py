@@ -86,7 +86,7 @@ def p95(xs: list[float]) -> float:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from avatar.styles.diffusion import DiffusionBackgroundEngine, DiffusionStyleEngine
+    from avatar.engines.diffusion.engine import DiffusionBackgroundEngine, DiffusionStyleEngine
     from avatar.types import StyleSpec
 
     cuda = args.device.startswith("cuda")

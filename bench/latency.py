@@ -79,7 +79,7 @@ def main() -> None:
 
     if not args.url:
         os.environ.setdefault("AVATAR_DATA_DIR", tempfile.mkdtemp(prefix="avatar-bench-"))
-        from deployments.launcher import deploy, init_local_ray
+        from service.launcher import deploy, init_local_ray
         init_local_ray(temp_dir=tempfile.mkdtemp(prefix="rb", dir="/tmp"))
         deploy(profile="cpu", port=8123)
         args.url = "http://127.0.0.1:8123"

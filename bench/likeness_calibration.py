@@ -1,4 +1,4 @@
-"""Fit and check the likeness curve (avatar/calibration.py) on face photos that installed packages ship.
+"""Fit and check the likeness curve (avatar/vision/calibration.py) on face photos that installed packages ship.
 
     python bench/likeness_calibration.py            # print distance / likeness distributions with the stored curve
     python bench/likeness_calibration.py --fit      # refit the slope and rewrite avatar/data/likeness_calibration.json
@@ -30,9 +30,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avatar.calibration import CALIBRATION_PATH, LikenessCurve, load_curve  # noqa: E402
-from avatar.identity import IdentityModel  # noqa: E402
-from avatar.models import resolve, sha256_of  # noqa: E402
+from avatar.vision.calibration import CALIBRATION_PATH, LikenessCurve, load_curve  # noqa: E402
+from avatar.vision.identity import IdentityModel  # noqa: E402
+from avatar.store.models import resolve, sha256_of  # noqa: E402
 
 ANCHOR_DISTANCE, ANCHOR_LIKENESS = 0.60, 0.60   # dlib's accept line <-> the gaming-tier minimum
 # Upper end of same-person distances between *different photos* of one person (0.13-0.43, measured on real photos,
@@ -159,10 +159,10 @@ class Detector:
 
     def __init__(self) -> None:
         try:
-            from avatar.face.analyzer import FaceAnalyzer
+            from avatar.vision.face.analyzer import FaceAnalyzer
             self._impl = FaceAnalyzer.load()
         except ImportError:
-            from avatar.face.detector import FaceDetector
+            from avatar.vision.face.detector import FaceDetector
             self._impl = FaceDetector(str(resolve("face_detector")), str(resolve("face_detector_full")))
 
     def box(self, rgb: np.ndarray) -> tuple[float, float, float, float] | None:
@@ -289,10 +289,10 @@ def print_row(label: str, distances: list[float], curve: LikenessCurve) -> None:
 def style_rows(model: IdentityModel, photos: list[Photo], curve: LikenessCurve) -> dict[str, dict]:
     """Likeness of each built-in style's output against the unstyled aligned face; {} if the stages don't exist yet."""
     try:
-        from avatar.face.align import align_face
-        from avatar.face.analyzer import FaceAnalyzer
-        from avatar.platforms import BUILTIN_STYLES
-        from avatar.styles.cpu import CpuStyleEngine
+        from avatar.vision.face.align import align_face
+        from avatar.vision.face.analyzer import FaceAnalyzer
+        from avatar.catalog.platforms import BUILTIN_STYLES
+        from avatar.engines.cpu_style import CpuStyleEngine
         from avatar.types import StyleSpec
     except ImportError as exc:
         print(f"styles: skipped ({exc})")

@@ -62,10 +62,10 @@ def main() -> None:
     from ray import serve
     from skimage import data as skdata
 
-    from avatar.accounts import open_account_store
-    from avatar.storage import Storage
-    from avatar.styles.token import load_style_token, new_token_id, save_token
-    from deployments.launcher import deploy, init_local_ray
+    from avatar.store.accounts import open_account_store
+    from avatar.store.storage import Storage
+    from avatar.tokens import load_style_token, new_token_id, save_token
+    from service.launcher import deploy, init_local_ray
     from training.dataset import make_demo_examples
     from training.train_style import TrainConfig, run_training
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avatar.accounts import open_account_store  # noqa: E402
-from avatar.storage import Storage  # noqa: E402
-from avatar.styles.token import time_token_load  # noqa: E402
+from avatar.store.accounts import open_account_store  # noqa: E402
+from avatar.store.storage import Storage  # noqa: E402
+from avatar.tokens import time_token_load  # noqa: E402
 from training.dataset import make_demo_examples  # noqa: E402
 from training.jobs import ProgressWriter  # noqa: E402
 from training.train_style import TrainConfig, run_training  # noqa: E402

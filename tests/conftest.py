@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from avatar.platforms import Framing
+from avatar.catalog.platforms import Framing
 
 
 # ------------------------------------------------------------------------------------------------------------- face
@@ -23,7 +23,7 @@ def astronaut() -> np.ndarray:
 @pytest.fixture(scope="session")
 def face_analyzer() -> Iterator["FaceAnalyzer"]:  # noqa: F821 - imported lazily so collection stays cheap
     """The real detector + landmark models from the model cache, loaded once."""
-    from avatar.face.analyzer import FaceAnalyzer
+    from avatar.vision.face.analyzer import FaceAnalyzer
     analyzer = FaceAnalyzer.load()
     yield analyzer
     analyzer.close()
@@ -40,7 +40,7 @@ def astronaut_face(face_analyzer, astronaut):
 @pytest.fixture(scope="session")
 def aligned_astronaut(astronaut, astronaut_face):
     """The astronaut aligned to the canonical template at Framing() defaults, 512x512."""
-    from avatar.face.align import align_face
+    from avatar.vision.face.align import align_face
     return align_face(astronaut, astronaut_face, Framing(), 512)
 
 
@@ -53,7 +53,7 @@ def ray_session():
 
     import ray
 
-    from deployments.launcher import init_local_ray
+    from service.launcher import init_local_ray
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     init_local_ray(num_cpus=2, temp_dir=temp, object_store_mb=256)

@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from avatar.accounts import SqliteAccountStore, open_account_store
+from avatar.store.accounts import SqliteAccountStore, open_account_store
 from avatar.errors import InvalidRequest
-from avatar.styles.token import new_token_id
+from avatar.tokens import new_token_id
 
 
 @pytest.fixture()

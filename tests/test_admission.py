@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avatar import fetch as fetch_mod
+from avatar.store import fetch as fetch_mod
 from avatar.contracts import GenerateRequest, parse_request
 from avatar.errors import AvatarError, FetchRefused, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType
-from avatar.fetch import FetchPolicy, fetch_image
-from avatar.imageio import b64decode_image, decode_photo
-from avatar.storage import Storage, UrlSigner
+from avatar.store.fetch import FetchPolicy, fetch_image
+from avatar.vision.imageio import b64decode_image, decode_photo
+from avatar.store.storage import Storage, UrlSigner
 
 
 def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -132,7 +132,7 @@ def test_fetch_refuses_private_targets_even_after_a_redirect(local_server, monke
 
 
 def test_input_cache_expires_and_is_per_account(tmp_path, monkeypatch):
-    from avatar.input_cache import InputCache
+    from avatar.store.input_cache import InputCache
     cache = InputCache(Storage(str(tmp_path / "s")), ttl_s=60, sweep_every_s=0)
     input_id, expires = cache.put("acc_a", b"photo")
     assert cache.get("acc_a", input_id) == b"photo"

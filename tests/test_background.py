@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from avatar.background import (CALM_PALETTES, CpuBackgroundEngine, PersonSegmenter, generate_background,
-                               resolve_background, safer_background)
+from avatar.engines.cpu_background import (CALM_PALETTES, CpuBackgroundEngine, generate_background, resolve_background,
+                                            safer_background)
+from avatar.vision.segmentation import PersonSegmenter
 from avatar.contracts import BACKGROUNDS, PALETTES
-from avatar.styles.registry import create_background_engine
+from avatar.engines.registry import create_background_engine
 from avatar.types import StyleSpec
 
 

@@ -6,7 +6,7 @@ import json
 
 from PIL import Image
 
-from avatar.cli import main
+from cli import main
 
 
 def test_generate_writes_the_avatar(tmp_path, astronaut, capsys):

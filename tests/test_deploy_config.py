@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from deployments.serve_config import CONFIG_PATH, app_config, apply_cpu_profile, deployment_options, load_config
+from service.config import CONFIG_PATH, app_config, apply_cpu_profile, deployment_options, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,8 +21,8 @@ def test_rayservice_embeds_the_serve_config():
 
 
 def test_every_stage_is_configured_with_its_own_scaling_and_gpu_share():
-    from graph import STAGES
-    from deployments.ingress import AvatarIngress
+    from service.graph import STAGES
+    from service.ingress import AvatarIngress
     app = app_config(load_config())
     configured = {d["name"]: d for d in app["deployments"]}
     assert set(configured) == {s.name for s in STAGES} | {AvatarIngress.name}
@@ -46,6 +46,6 @@ def test_cpu_profile_removes_gpu_asks_without_touching_the_file():
 
 
 def test_graph_binds_the_ingress_over_all_stages():
-    from graph import build_app
+    from service.graph import build_app
     app = build_app({"StyleApply": {"user_config": {"engine": {"name": "cpu"}}}})
     assert app is not None

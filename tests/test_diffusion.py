@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny_diffusion  # noqa: E402
 
 from avatar.errors import ModelUnavailable  # noqa: E402
-from avatar.styles.base import BackgroundEngine, StyleEngine  # noqa: E402
-from avatar.styles.recipes import StyleRecipe, lerp, load_recipes  # noqa: E402
+from avatar.engines.base import BackgroundEngine, StyleEngine  # noqa: E402
+from avatar.engines.diffusion.recipes import StyleRecipe, lerp, load_recipes  # noqa: E402
 from avatar.types import StyleSpec  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,13 +43,13 @@ def book(models) -> dict:
 
 @pytest.fixture(scope="session")
 def engine(book):
-    from avatar.styles.diffusion import DiffusionStyleEngine
+    from avatar.engines.diffusion.engine import DiffusionStyleEngine
     return DiffusionStyleEngine(book, warmup=True, warmup_size=SIZE, token_cache_size=1)
 
 
 @pytest.fixture(scope="session")
 def background(book):
-    from avatar.styles.diffusion import DiffusionBackgroundEngine
+    from avatar.engines.diffusion.engine import DiffusionBackgroundEngine
     return DiffusionBackgroundEngine({"recipes": {"plain": book["recipes"]["plain"]}}, warmup=False, vae_tiling=False)
 
 
@@ -162,7 +162,7 @@ def test_textual_inversion_token_and_lru(engine, models, face, tmp_path):
 
 
 def test_lora_token_without_peft_is_a_clear_error(engine, face, monkeypatch):
-    import avatar.styles.diffusion as diffusion
+    import avatar.engines.diffusion.engine as diffusion
     monkeypatch.setattr(diffusion, "_has_peft", lambda: False)
     with pytest.raises(ModelUnavailable, match="peft"):
         engine.apply(face[0], face[1], spec("sty_loraXXXXX", token={"kind": "lora", "path": "x.safetensors"}))
@@ -182,7 +182,7 @@ def test_background_changes_only_outside_the_mask(background, face):
 
 
 def test_missing_model_directory(tmp_path):
-    from avatar.styles.diffusion import DiffusionStyleEngine
+    from avatar.engines.diffusion.engine import DiffusionStyleEngine
     recipes = {"plain": {"base_model": str(tmp_path / "nowhere"), "prompt": "x"}}
     with pytest.raises(ModelUnavailable, match="not found"):
         DiffusionStyleEngine(recipes, warmup=False)
@@ -192,7 +192,7 @@ def test_missing_model_directory(tmp_path):
 
 
 def test_corrupt_model_directory(models, tmp_path):
-    from avatar.styles.diffusion import DiffusionStyleEngine
+    from avatar.engines.diffusion.engine import DiffusionStyleEngine
     broken = shutil.copytree(models["base"], tmp_path / "broken")
     weights = next((broken / "unet").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:1000])
@@ -212,7 +212,7 @@ def test_research_licence_adapter_is_opt_in(models):
 
 
 def test_registry_creates_diffusion_engines(book):
-    from avatar.styles.registry import create_background_engine, create_style_engine
+    from avatar.engines.registry import create_background_engine, create_style_engine
     style = create_style_engine("diffusion", {"recipes": book, "warmup": False, "device": "auto"})
     bg = create_background_engine("diffusion", {"recipes": {"plain": book["recipes"]["plain"]}, "warmup": False})
     assert type(style).__name__ == "DiffusionStyleEngine" and type(bg).__name__ == "DiffusionBackgroundEngine"
@@ -220,7 +220,7 @@ def test_registry_creates_diffusion_engines(book):
 
 def test_device_and_dtype_choice():
     import torch
-    from avatar.styles.diffusion import pick_device, pick_dtype
+    from avatar.engines.diffusion.engine import pick_device, pick_dtype
     assert pick_dtype("fp16", "cpu") == torch.float32
     assert pick_dtype("bf16", "cuda") == torch.bfloat16 and pick_dtype("auto", "cuda") == torch.float16
     if not torch.cuda.is_available():
@@ -241,7 +241,7 @@ def test_recipe_intensity_mapping_and_example_config():
 
 
 def test_img2img_step_count_is_exact():
-    from avatar.styles.diffusion import _img2img_steps
+    from avatar.engines.diffusion.engine import _img2img_steps
     for steps in (1, 2, 4, 8, 20):
         for strength in (0.05, 0.15, 0.3, 0.45, 0.7, 1.0):
             n = _img2img_steps(steps, strength)
@@ -249,7 +249,7 @@ def test_img2img_step_count_is_exact():
 
 
 def test_control_images():
-    from avatar.styles.control import FACE_OVAL, conditioning_image, edge_map, landmark_sketch
+    from avatar.engines.diffusion.control import FACE_OVAL, conditioning_image, edge_map, landmark_sketch
     angle = np.linspace(0, 2 * np.pi, 468, endpoint=False)
     lm = np.stack([50 + 30 * np.cos(angle), 50 + 30 * np.sin(angle)], -1)
     sketch = np.asarray(landmark_sketch(lm, 100))
@@ -265,7 +265,7 @@ def test_control_images():
 
 
 def test_lora_recipe_without_peft_fails_at_start_up(models, monkeypatch):
-    import avatar.styles.diffusion as diffusion
+    import avatar.engines.diffusion.engine as diffusion
     monkeypatch.setattr(diffusion, "_has_peft", lambda: False)
     recipes = {"plain": {"base_model": str(models["base"]), "prompt": "x", "lora": {"path": str(models["base"])}}}
     with pytest.raises(ModelUnavailable, match="peft"):
@@ -295,7 +295,7 @@ def build_lora(root: Path, unet_dir: Path, *, seed: int = 5) -> Path:
 @pytest.fixture(scope="session")
 def lora_engine(models, tmp_path_factory):
     """The plain recipe, the same recipe with a style LoRA, and the path of that LoRA file."""
-    from avatar.styles.diffusion import DiffusionStyleEngine
+    from avatar.engines.diffusion.engine import DiffusionStyleEngine
     path = build_lora(tmp_path_factory.mktemp("lora-tiny"), models["base"] / "unet")
     base = {"base_model": str(models["base"]), "steps": 2, "guidance_scale": 3.0, "prompt": "a portrait photo {token}"}
     recipes = {"custom": "plain", "recipes": {

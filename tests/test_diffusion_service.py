@@ -58,7 +58,7 @@ def face_crop(aligned_astronaut) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_job(image: np.ndarray, landmarks: np.ndarray, i: int = 0, style: str = "corporate_headshot"):
-    from avatar.imageio import encode_lossless
+    from avatar.vision.imageio import encode_lossless
     from avatar.job import AvatarJob
     job = AvatarJob(request_id=f"req_{i}", style=style, platform="linkedin", size=800, intensity=0.3 + 0.1 * i)
     job.aligned = encode_lossless(image)
@@ -89,8 +89,8 @@ def local_batching():
     """Forgets the `@serve.batch` queues after a local-testing-mode test. Local mode creates them in this process, and
     `Deployment.options()` pickles the class by value, queue included (an asyncio Future cannot be pickled): without
     this, later `.options()` calls in the same process would fail."""
-    from deployments.bg_generate import BgGenerate
-    from deployments.style_apply import StyleApply
+    from service.bg_generate import BgGenerate
+    from service.style_apply import StyleApply
     yield
     for deployment in (StyleApply, BgGenerate):
         deployment.func_or_class.run_batched.set_max_batch_size.__self__._queue = None
@@ -118,7 +118,7 @@ def _run_local(monkeypatch, deployment, config: dict, engine_method: str):
 # -------------------------------------------------------------------- batching (in-process Serve testing mode)
 
 def test_batch_settings_from_user_config():
-    from deployments.stage_replica import batch_settings
+    from service.stage_replica import batch_settings
     assert batch_settings({}) == (4, 0.02)
     assert batch_settings({"batch": {"max_batch_size": 8, "wait_timeout_s": 0.1}}) == (8, 0.1)
     for bad in ({"max_batch_size": 0}, {"max_batch_size": 2.5}, {"wait_timeout_s": -1}, {"size": 4}):
@@ -127,7 +127,7 @@ def test_batch_settings_from_user_config():
 
 
 def test_changing_only_batch_settings_keeps_the_loaded_engine():
-    from deployments.style_apply import StyleApply
+    from service.style_apply import StyleApply
     replica = StyleApply.func_or_class()
     replica.reconfigure({"engine": {"name": "cpu"}})
     stage = replica.stage
@@ -143,8 +143,8 @@ def test_changing_only_batch_settings_keeps_the_loaded_engine():
 
 def test_cpu_engine_keeps_one_job_at_a_time(monkeypatch, local_batching, face_crop):
 
-    from avatar.stages import StyleApplyStage
-    from deployments.style_apply import StyleApply
+    from avatar.flow.stages import StyleApplyStage
+    from service.style_apply import StyleApply
     batched = []
     monkeypatch.setattr(StyleApplyStage, "run_batch", lambda self, jobs: batched.append(jobs) or jobs)
     handle = _run_local(monkeypatch, StyleApply, {"engine": {"name": "cpu"}}, "apply")
@@ -155,9 +155,9 @@ def test_cpu_engine_keeps_one_job_at_a_time(monkeypatch, local_batching, face_cr
 
 def test_concurrent_style_requests_share_one_engine_call(monkeypatch, local_batching, recipes_yaml, face_crop):
 
-    from avatar.imageio import decode_trusted
-    from avatar.styles.diffusion import DiffusionStyleEngine
-    from deployments.style_apply import StyleApply
+    from avatar.vision.imageio import decode_trusted
+    from avatar.engines.diffusion.engine import DiffusionStyleEngine
+    from service.style_apply import StyleApply
     sizes = _spy(monkeypatch, DiffusionStyleEngine, "apply_batch")
     config = {"engine": engine(recipes_yaml), "batch": {"max_batch_size": 5, "wait_timeout_s": 0.5}}
     handle = _run_local(monkeypatch, StyleApply, config, "apply_batch")
@@ -179,9 +179,9 @@ def test_concurrent_style_requests_share_one_engine_call(monkeypatch, local_batc
 
 def test_concurrent_background_requests_share_one_engine_call(monkeypatch, local_batching, base_model, face_crop):
 
-    from avatar.imageio import decode_mask, decode_trusted, encode_lossless
-    from avatar.styles.diffusion import DiffusionBackgroundEngine
-    from deployments.bg_generate import BgGenerate
+    from avatar.vision.imageio import decode_mask, decode_trusted, encode_lossless
+    from avatar.engines.diffusion.engine import DiffusionBackgroundEngine
+    from service.bg_generate import BgGenerate
     sizes = _spy(monkeypatch, DiffusionBackgroundEngine, "render_batch")
     config = {"engine": engine(recipe_book(base_model)), "batch": {"max_batch_size": 2, "wait_timeout_s": 0.5}}
     handle = _run_local(monkeypatch, BgGenerate, config, "render_batch")
@@ -216,7 +216,7 @@ def service(base_model, recipes_yaml):
     import ray
     from ray import serve
 
-    from deployments.launcher import deploy, init_local_ray
+    from service.launcher import deploy, init_local_ray
     saved = {k: os.environ.get(k) for k in ("AVATAR_DATA_DIR", "AVATAR_SIGNING_SECRET")}
     os.environ["AVATAR_DATA_DIR"] = tempfile.mkdtemp(prefix="avatar-data-")
     os.environ["AVATAR_SIGNING_SECRET"] = "test-secret"
@@ -258,7 +258,7 @@ def _generate(service, astronaut, intensity: float) -> tuple[dict, Image.Image]:
 
 @pytest.mark.serve
 def test_generate_over_http_on_the_diffusion_engine(service, astronaut, base_model):
-    from avatar.styles.diffusion import fingerprint
+    from avatar.engines.diffusion.engine import fingerprint
     body, image = _generate(service, astronaut, 0.9)
     assert body["style"] == "corporate_headshot" and (body["width"], body["height"]) == (800, 800)
     assert image.size == (800, 800)
@@ -287,8 +287,8 @@ def test_missing_model_fails_start_up_with_the_reason_then_redeploys(service, ba
     from ray import serve
     from ray.serve.schema import ApplicationStatus, DeploymentStatus
 
-    from avatar.imageio import decode_trusted
-    from deployments.style_apply import StyleApply
+    from avatar.vision.imageio import decode_trusted
+    from service.style_apply import StyleApply
     missing = tmp_path / "no-such-model"
     options = dict(ray_actor_options={"num_cpus": 0.1, "num_gpus": 0}, max_constructor_retry_count=1)
     broken = StyleApply.options(user_config={"engine": engine(recipe_book(missing))}, **options)

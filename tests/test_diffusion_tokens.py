@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny_diffusion  # noqa: E402
 
 from avatar.errors import InvalidRequest, ModelUnavailable, NotFound  # noqa: E402
-from avatar.storage import Storage  # noqa: E402
+from avatar.store.storage import Storage  # noqa: E402
 from avatar.types import StyleSpec  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
@@ -55,7 +55,7 @@ def examples_dir(root) -> Path:
 
 @pytest.fixture(scope="module")
 def env(root) -> dict:
-    from avatar.accounts import open_account_store
+    from avatar.store.accounts import open_account_store
     accounts_uri = f"sqlite:///{root / 'accounts.sqlite3'}"
     store = open_account_store(accounts_uri)
     account, _ = store.create_account("Acme Games")
@@ -68,7 +68,7 @@ def env(root) -> dict:
 
 @pytest.fixture(scope="module")
 def engine(book):
-    from avatar.styles.diffusion import DiffusionStyleEngine
+    from avatar.engines.diffusion.engine import DiffusionStyleEngine
     return DiffusionStyleEngine(book, warmup=False, token_cache_size=2)
 
 
@@ -126,7 +126,7 @@ def test_job_trains_checkpoints_resumes_and_registers(trained, env):
 
 
 def test_token_loads_into_the_engine_and_changes_its_output(trained, env, engine, face):
-    from avatar.styles.token import load_token
+    from avatar.tokens import load_token
     token_id = trained["final"].token_id
     token = load_token(Storage(env["storage"]), env["account"], token_id)
     assert token["kind"] == "textual_inversion" and token["trigger"] == f"<{token_id}>"
@@ -153,7 +153,7 @@ def _untrained_copy(engine, token: dict, path: Path) -> dict:
 
 
 def test_other_accounts_cannot_load_it(trained, env):
-    from avatar.styles.token import load_token
+    from avatar.tokens import load_token
     storage, token_id = Storage(env["storage"]), trained["final"].token_id
     with pytest.raises(NotFound) as err:
         load_token(storage, env["other"], token_id)
@@ -166,7 +166,7 @@ def test_other_accounts_cannot_load_it(trained, env):
 
 
 def test_non_local_storage_copies_the_embedding_and_checks_it(tmp_path, monkeypatch):
-    from avatar.styles.token import (DiffusionToken, build_diffusion_manifest, delete_token, load_token,
+    from avatar.tokens import (DiffusionToken, build_diffusion_manifest, delete_token, load_token,
                                      save_diffusion_token)
 
     class MemoryStore(dict):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from avatar.job import AvatarJob
-from avatar.stages import StyleApplyStage
-from avatar.styles import registry
-from avatar.styles.registry import create_style_engine
+from avatar.flow.stages import StyleApplyStage
+from avatar.engines import registry
+from avatar.engines.registry import create_style_engine
 from avatar.types import StyleSpec
 
 
@@ -48,7 +48,7 @@ def test_stage_metadata_names_the_engine_that_ran(monkeypatch, aligned_astronaut
     monkeypatch.setitem(registry.STYLE_ENGINES, "marker", lambda options: Marker(**options))
     stage = StyleApplyStage(create_style_engine("routed", {
         "default": {"name": "cpu"}, "platforms": {"discord": {"name": "marker", "options": {"value": 7}}}}))
-    from avatar.imageio import encode_lossless
+    from avatar.vision.imageio import encode_lossless
     for platform, expected in (("discord", "marker7/1"), ("linkedin", "cpu/")):
         job = AvatarJob(request_id="r", style="anime_character", platform=platform, size=800, intensity=0.5)
         job.aligned, job.landmarks = encode_lossless(aligned_astronaut.image), aligned_astronaut.landmarks

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from avatar.enhance import UPSCALER_NAME, DetailEnhancer, correct_skin_tone
-from avatar.face_regions import FACE_OVAL, face_masks, scale_landmarks
+from avatar.engines.enhance import UPSCALER_NAME, DetailEnhancer, correct_skin_tone
+from avatar.vision.face_regions import FACE_OVAL, face_masks, scale_landmarks
 
 
 @pytest.fixture(scope="module")

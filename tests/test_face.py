@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from avatar.face.align import CANONICAL_3D, MIRROR, TEMPLATE_LANDMARKS, align_face, eye_centres, template_points
-from avatar.face.detector import iou
-from avatar.face.pose import angles_from_rotation, head_pose
-from avatar.platforms import PLATFORMS, Framing
+from avatar.vision.face.align import CANONICAL_3D, MIRROR, TEMPLATE_LANDMARKS, align_face, eye_centres, template_points
+from avatar.vision.face.detector import iou
+from avatar.vision.face.pose import angles_from_rotation, head_pose
+from avatar.catalog.platforms import PLATFORMS, Framing
 
 
 def rotate(image: np.ndarray, degrees: float) -> np.ndarray:

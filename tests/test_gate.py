@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from avatar.calibration import load_curve
+from avatar.vision.calibration import load_curve
 from avatar.gate import GateConfig, GateResult, IdentityRef, QualityGate, pick_best, plan_retry
-from avatar.identity import IdentityModel
-from avatar.safety import SafetyClassifier
+from avatar.vision.identity import IdentityModel
+from avatar.vision.safety import SafetyClassifier
 
 STYLE_PLATFORM = {"corporate_headshot": "linkedin", "editorial_portrait": "instagram", "anime_character": "discord"}
 
@@ -71,7 +71,7 @@ def test_faithful_output_passes_and_auto_accepts(gate, aligned_astronaut, ref, b
 
 @pytest.mark.parametrize("style", sorted(STYLE_PLATFORM))
 def test_styled_outputs_pass_on_their_platforms(gate, aligned_astronaut, ref, box, style):
-    from avatar.styles.cpu import CpuStyleEngine
+    from avatar.engines.cpu_style import CpuStyleEngine
     from avatar.types import StyleSpec
     out = CpuStyleEngine().apply(aligned_astronaut.image, aligned_astronaut.landmarks, StyleSpec(style, 1.0))
     r = gate.evaluate(out, box, ref, STYLE_PLATFORM[style], style)
@@ -80,7 +80,7 @@ def test_styled_outputs_pass_on_their_platforms(gate, aligned_astronaut, ref, bo
 
 
 def test_anime_face_confirmed_by_structure_when_detector_is_absent(identity, safety, aligned_astronaut, ref, box):
-    from avatar.styles.cpu import CpuStyleEngine
+    from avatar.engines.cpu_style import CpuStyleEngine
     from avatar.types import StyleSpec
     out = CpuStyleEngine().apply(aligned_astronaut.image, aligned_astronaut.landmarks,
                                  StyleSpec("anime_character", 1.0))
@@ -114,7 +114,7 @@ def test_different_persons_face_pasted_fails_on_likeness(gate, face_analyzer, al
     from matplotlib import cbook
     from PIL import Image
 
-    from avatar.face.align import align_face
+    from avatar.vision.face.align import align_face
     hopper = np.array(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
     other = align_face(hopper, face_analyzer.detect(hopper)[0], size=aligned_astronaut.image.shape[0])
     out = aligned_astronaut.image.copy()

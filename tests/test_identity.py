@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from avatar.calibration import CALIBRATION_PATH, LikenessCurve, likeness_from_distance, load_curve
-from avatar.identity import IdentityModel
+from avatar.vision.calibration import CALIBRATION_PATH, LikenessCurve, likeness_from_distance, load_curve
+from avatar.vision.identity import IdentityModel
 
 
 @pytest.fixture(scope="module")

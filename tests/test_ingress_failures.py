@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from starlette.requests import Request
 
-from deployments.ingress import AvatarIngress
+from service.ingress import AvatarIngress
 
 
 class _Method:

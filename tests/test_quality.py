@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from avatar.quality import MIN_COVERAGE, QualityReport, assess_input
+from avatar.vision.quality import MIN_COVERAGE, QualityReport, assess_input
 
 
 def codes(report: QualityReport) -> set[str]:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from avatar.contracts import GenerateRequest, parse_request
 from avatar.job import PhotoInput
-from avatar.pipeline import LocalPipeline
+from avatar.flow.local import LocalPipeline
 
 
 class Destroying:
@@ -95,8 +95,8 @@ def test_a_retry_at_lower_intensity_can_pass(pipeline, photo):
 def test_a_pasted_different_face_fails_likeness(pipeline, photo, face_analyzer):
     from matplotlib import cbook
 
-    from avatar.face.align import align_face
-    from avatar.platforms import PLATFORMS
+    from avatar.vision.face.align import align_face
+    from avatar.catalog.platforms import PLATFORMS
     hopper = np.array(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
 
     class Paste:

@@ -30,7 +30,7 @@ def service():
     import ray
     from ray import serve
 
-    from deployments.launcher import deploy, init_local_ray
+    from service.launcher import deploy, init_local_ray
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     data = tempfile.mkdtemp(prefix="avatar-data-")
     os.environ["AVATAR_DATA_DIR"] = data

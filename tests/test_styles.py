@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from avatar import face_regions as fr
-from avatar.styles.cpu import CpuStyleEngine, apply_lut
-from avatar.styles.looks import LOOKS, look_for
-from avatar.styles.registry import create_style_engine
+from avatar.vision import face_regions as fr
+from avatar.engines.cpu_style import CpuStyleEngine, apply_lut
+from avatar.engines.looks import LOOKS, look_for
+from avatar.engines.registry import create_style_engine
 from avatar.types import StyleSpec
 
 STYLES = tuple(LOOKS)

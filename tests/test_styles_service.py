@@ -27,7 +27,7 @@ TRAINING = {"epochs": 2, "steps_per_epoch": 8, "num_workers": 1, "cpus_per_worke
 # ---------------------------------------------------------------- auth helpers (no cluster)
 def test_bearer_key_parsing():
     from avatar.errors import Unauthorized
-    from deployments.auth import bearer_key
+    from service.auth import bearer_key
     assert bearer_key({}) is None
     assert bearer_key({"authorization": "Bearer avk_1.abc"}) == "avk_1.abc"
     assert bearer_key({"authorization": "bearer  avk_1.abc "}) == "avk_1.abc"
@@ -38,11 +38,11 @@ def test_bearer_key_parsing():
 
 
 def test_generate_policy_built_in_open_custom_owned():
-    from avatar.accounts import open_account_store
+    from avatar.store.accounts import open_account_store
     from avatar.errors import NotFound, Unauthorized
     from avatar.job import AvatarJob
-    from deployments.auth import Authenticator
-    from deployments.styles_api import StylesApi
+    from service.auth import Authenticator
+    from service.styles_api import StylesApi
 
     store = open_account_store("sqlite://:memory:")
     a, key_a = store.create_account("a")
@@ -77,8 +77,8 @@ def test_generate_policy_built_in_open_custom_owned():
 def test_cli_creates_an_account_and_lists_its_styles(tmp_path, monkeypatch, capsys):
     import json
 
-    from avatar.accounts import open_account_store
-    from avatar.cli import main
+    from avatar.store.accounts import open_account_store
+    from cli import main
     uri = f"sqlite:///{tmp_path}/accounts.sqlite3"
     monkeypatch.setenv("AVATAR_ACCOUNTS_URI", uri)
     monkeypatch.setenv("AVATAR_DATA_DIR", str(tmp_path))
@@ -101,8 +101,8 @@ def styles_service():
     import ray
     from ray import serve
 
-    from avatar.accounts import open_account_store
-    from deployments.launcher import deploy, init_local_ray
+    from avatar.store.accounts import open_account_store
+    from service.launcher import deploy, init_local_ray
     temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     data = tempfile.mkdtemp(prefix="avatar-styles-")
     accounts_uri = f"sqlite:///{data}/accounts.sqlite3"

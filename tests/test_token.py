@@ -11,8 +11,8 @@ import torch
 
 from avatar.contracts import STYLE_TOKEN_RE
 from avatar.errors import NotFound
-from avatar.storage import Storage
-from avatar.styles.token import (StyleToken, TokenCache, apply_lut, build_manifest, delete_token, examples_fingerprint,
+from avatar.store.storage import Storage
+from avatar.tokens import (StyleToken, TokenCache, apply_lut, build_manifest, delete_token, examples_fingerprint,
                                  load_token, new_token_id, save_token)
 from training.model import LutStyleModel
 
@@ -89,7 +89,7 @@ def test_cache_serves_warm_loads_without_storage(tmp_path):
 
 
 def test_engine_applies_the_baked_model_like_training():
-    from avatar.styles.cpu import apply_lut as engine_lut
+    from avatar.engines.cpu_style import apply_lut as engine_lut
     model = _graded_model()
     lut, _ = model.bake()
     rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
@@ -102,7 +102,7 @@ def test_engine_applies_the_baked_model_like_training():
 
 
 def test_identity_token_leaves_the_base_style_unchanged():
-    from avatar.styles.cpu import CpuStyleEngine
+    from avatar.engines.cpu_style import CpuStyleEngine
     from avatar.types import StyleSpec
     lut, _ = LutStyleModel(lut_size=5).bake(size=9)
     img = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avatar.accounts import open_account_store
-from avatar.styles.token import load_token
-from avatar.storage import Storage
+from avatar.store.accounts import open_account_store
+from avatar.tokens import load_token
+from avatar.store.storage import Storage
 from avatar.types import StyleSpec
 from training.dataset import DatasetError, make_demo_examples
 
@@ -142,7 +142,7 @@ def test_training_job_learns_the_examples_look(ray_session, env, examples_dir):
     """Through the job registry (detached driver, 2 Ray Train workers): the token's outputs on held-out photos are
     at least 30% closer to the examples' Lab colour statistics than the built-in style's outputs."""
     import skimage.data as data
-    from avatar.styles.cpu import CpuStyleEngine
+    from avatar.engines.cpu_style import CpuStyleEngine
     from training.jobs import StyleJobs
 
     jobs = StyleJobs(env["storage"], env["accounts"], epochs=6)

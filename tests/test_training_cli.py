@@ -9,18 +9,18 @@ import pytest
 
 import training.train_diffusion_style as diffusion_trainer
 import training.train_style as cpu_trainer
-from avatar.cli import main
+from cli import main
 from training.runner import TrainResult
 
 
 @pytest.fixture()
 def calls(tmp_path, monkeypatch) -> list:
     """Each `run_training` call as (engine, config); Ray is not started."""
-    import deployments.launcher
+    import service.launcher
     monkeypatch.setenv("AVATAR_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("AVATAR_ACCOUNTS_URI", f"sqlite:///{tmp_path}/accounts.sqlite3")
     monkeypatch.delenv("AVATAR_STORAGE_URI", raising=False)
-    monkeypatch.setattr(deployments.launcher, "init_local_ray", lambda **kw: None)
+    monkeypatch.setattr(service.launcher, "init_local_ray", lambda **kw: None)
     seen: list = []
 
     def fake(engine: str):

@@ -9,7 +9,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from avatar.gate import GateResult
-from avatar.usage import UsageLog, UsageRecord
+from avatar.store.usage import UsageLog, UsageRecord
 
 T0 = datetime(2026, 3, 4, 10, 15, tzinfo=timezone.utc)
 

@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 from PIL import Image, UnidentifiedImageError
 
 from avatar.errors import InvalidRequest
-from avatar.styles.token import examples_fingerprint
+from avatar.tokens import examples_fingerprint
 
 MIN_IMAGES, MAX_IMAGES, MIN_SIDE = 50, 200, 200
 PATH_COLUMNS = ("image_path", "path", "image_uri", "uri", "file", "image")

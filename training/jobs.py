@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from avatar.errors import NotFound
-from avatar.storage import Storage
+from avatar.store.storage import Storage
 
 NAMESPACE = "avatar-style-jobs"
 ACTIVE_STATES = ("queued", "running")

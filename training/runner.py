@@ -27,10 +27,10 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from avatar.accounts import open_account_store
+from avatar.store.accounts import open_account_store
 from avatar.errors import AvatarError
-from avatar.storage import Storage
-from avatar.styles.token import new_token_id
+from avatar.store.storage import Storage
+from avatar.tokens import new_token_id
 from training.dataset import MAX_IMAGES, MIN_IMAGES, ExampleSet, load_examples
 from training.jobs import ProgressWriter, new_job_id
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from avatar.errors import InvalidRequest
-from avatar.styles.token import DiffusionToken, build_diffusion_manifest, save_diffusion_token
+from avatar.tokens import DiffusionToken, build_diffusion_manifest, save_diffusion_token
 from training import runner
 from training.dataset import ExampleSet
 from training.runner import ResourcesUnavailable, TrainingFailed, TrainResult  # noqa: F401 - part of this API
@@ -74,8 +74,8 @@ class BaseModel:
 def resolve_base(cfg: DiffusionTrainConfig) -> BaseModel:
     """The recipe's base model, resolved the way the serving engine resolves it. ModelUnavailable when missing."""
     from avatar.errors import ModelUnavailable
-    from avatar.styles.diffusion import _family, _Loader, fingerprint
-    from avatar.styles.recipes import load_recipes
+    from avatar.engines.diffusion.engine import _family, _Loader, fingerprint
+    from avatar.engines.diffusion.recipes import load_recipes
     book = load_recipes(cfg.recipes)
     style = cfg.base_style or book.custom or next(iter(book.recipes))
     if style not in book.recipes:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from avatar.styles.token import StyleToken, build_manifest, save_token
+from avatar.tokens import StyleToken, build_manifest, save_token
 from training import runner
 from training.dataset import ExampleSet, degrade
 from training.model import LutStyleModel

@@ -1,0 +1,343 @@
+"""The six pipeline stages (plus the quality gate) as plain objects: `run(job) -> job`.
+
+Each stage holds its loaded components and does one step; Serve deployments wrap one stage each, the in-process
+pipeline (CLI, tests, benchmarks) calls them directly. Nothing here knows about Ray.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from avatar import __version__
+from avatar.errors import InvalidRequest, NoFaceDetected
+from avatar.store.fetch import FetchPolicy, fetch_image
+from avatar.vision.imageio import (DecodeLimits, decode_mask, decode_photo, decode_trusted, encode_jpeg, encode_lossless,
+                            encode_mask)
+from avatar.job import AvatarJob, PhotoInput
+from avatar.catalog.platforms import PLATFORMS
+from avatar.store.storage import Storage
+
+
+@contextmanager
+def timed(job: AvatarJob | list[AvatarJob], name: str) -> Iterator[None]:
+    """Adds the block's time to `job.timings[name]`; for a batch, every job gets the whole batch's time, which is
+    how long each request waited for its result."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = (time.perf_counter() - start) * 1000
+        for one in job if isinstance(job, list) else [job]:
+            one.timings[name] = round(one.timings.get(name, 0.0) + elapsed, 2)
+
+
+# ---------------------------------------------------------------- LoadPhoto
+class LoadPhotoStage:
+    """Fetch (URL) and decode untrusted bytes into an upright RGB photo, re-encoded for the next hop."""
+
+    name = "load_photo"
+
+    def __init__(self, limits: DecodeLimits = DecodeLimits(), fetch_policy: FetchPolicy = FetchPolicy(),
+                 max_working_side: int = 2048, inputs=None) -> None:
+        self.limits = limits
+        self.fetch_policy = fetch_policy
+        self.max_working_side = max_working_side
+        self.inputs = inputs   # avatar.store.input_cache.InputCache, for cache_input / input_id
+
+    def load(self, source: PhotoInput) -> np.ndarray:
+        data = source.data if source.data is not None else fetch_image(source.url or "", self.fetch_policy)
+        return decode_photo(data, self.limits, field=source.field if source.data is not None else "image_url")
+
+    def run(self, job: AvatarJob, source: PhotoInput) -> AvatarJob:
+        with timed(job, self.name):
+            if source.input_id is not None:
+                job.photo = self._cache().get(job.account, source.input_id)
+                with Image.open(io.BytesIO(job.photo)) as img:
+                    job.photo_size = img.size
+                return job
+            rgb = self.load(source)
+            job.photo_size = (rgb.shape[1], rgb.shape[0])
+            rgb = _limit_side(rgb, self.max_working_side)
+            job.photo = encode_lossless(rgb) if rgb.size <= 1_500_000 * 3 else encode_jpeg(rgb, 95)
+            if source.cache:
+                job.input_id, job.input_expires_at = self._cache().put(job.account, job.photo)
+        return job
+
+    def _cache(self):
+        if self.inputs is None:
+            raise InvalidRequest("this service keeps no inputs (input cache disabled)", field="input_id",
+                                 code="input_cache_disabled")
+        return self.inputs
+
+
+def _limit_side(rgb: np.ndarray, side: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    if max(h, w) <= side:
+        return rgb
+    scale = side / float(max(h, w))
+    img = Image.fromarray(rgb).resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS)
+    return np.asarray(img)
+
+
+# ---------------------------------------------------------------- FaceDetect
+class FaceDetectStage:
+    """Find the dominant face, score the input, align the head to the platform's template, embed the identity."""
+
+    name = "face_detect"
+
+    def __init__(self, analyzer, identity, work_size: int = 512, min_coverage: float = 0.15) -> None:
+        self.analyzer = analyzer
+        self.identity = identity
+        self.work_size = work_size
+        self.min_coverage = min_coverage
+
+    def inspect(self, rgb: np.ndarray):
+        """Faces (dominant first) and the quality report of the dominant one: the cheap pre-flight."""
+        from avatar.vision.quality import assess_input
+        faces = self.analyzer.detect(rgb)
+        return faces, assess_input(rgb, faces[0] if faces else None)
+
+    def check(self, job: AvatarJob) -> dict:
+        """The pre-flight report of `POST /v1/avatar/check`: what generate would see, without generating."""
+        with timed(job, "check"):
+            rgb = decode_trusted(job.photo)
+            faces, report = self.inspect(rgb)
+        face = faces[0] if faces else None
+        warnings = [{"code": w.code, "message": w.message} for w in report.warnings]
+        if len(faces) > 1:
+            warnings.append({"code": "multiple_faces",
+                             "message": f"{len(faces)} faces found; the largest, most central one would be used"})
+        coverage = float(report.face_coverage) if face else 0.0
+        if face and coverage < self.min_coverage:
+            warnings.append({"code": "face_too_small", "message": f"the face covers {coverage:.0%} of the frame's "
+                                                                 f"shorter side; at least {self.min_coverage:.0%}"})
+        return {"face_detected": face is not None, "face_count": len(faces), "face_coverage": round(coverage, 4),
+                "min_face_coverage": self.min_coverage,
+                "head_angle": {"yaw": round(face.yaw, 1), "pitch": round(face.pitch, 1), "roll": round(face.roll, 1)}
+                if face else None,
+                "input_quality_score": round(float(report.score), 4), "validation_warnings": warnings,
+                "accepted": bool(face) and coverage >= self.min_coverage,
+                "width": job.photo_size[0], "height": job.photo_size[1]}
+
+    def run(self, job: AvatarJob) -> AvatarJob:
+        from avatar.vision.face.align import align_face
+        with timed(job, self.name):
+            rgb = decode_trusted(job.photo)
+            faces, report = self.inspect(rgb)
+            job.face_count = len(faces)
+            job.input_quality_score = round(float(report.score), 4)
+            if not faces:
+                raise NoFaceDetected("no face was found in the image", field="image",
+                                     extra={"face_detected": False, "face_count": 0,
+                                            "input_quality_score": job.input_quality_score})
+            face = faces[0]
+            job.face_coverage = round(float(report.face_coverage), 4)
+            job.head_angle = round(float(report.head_angle), 2)
+            if job.face_coverage < self.min_coverage:
+                raise InvalidRequest(
+                    f"the face covers {job.face_coverage:.0%} of the frame's shorter side; at least "
+                    f"{self.min_coverage:.0%} is required (crop closer to the face)", field="image",
+                    code="face_too_small", extra={"face_detected": True, "face_count": len(faces),
+                                                  "face_coverage": job.face_coverage,
+                                                  "input_quality_score": job.input_quality_score})
+            for w in report.warnings:
+                job.warn(w.code, w.message)
+            if len(faces) > 1:
+                job.warn("multiple_faces", f"{len(faces)} faces found; the largest, most central one was used")
+            aligned = align_face(rgb, face, PLATFORMS[job.platform].framing, self.work_size)
+            job.aligned = encode_lossless(aligned.image)
+            job.work_size = aligned.image.shape[0]
+            job.landmarks = aligned.landmarks.astype(np.float32)
+            job.face_box = tuple(float(v) for v in aligned.face_box)
+            job.identity_ref = self.identity.embed(rgb, face.box) if self.identity is not None else None
+            job.photo = None   # the photo is not needed past this point and is never stored
+        return job
+
+
+# ---------------------------------------------------------------- StyleApply
+def engine_used(engine, job: AvatarJob):
+    """The engine that rendered `job`: a routed engine's pick for it, else the engine itself (for metadata)."""
+    pick = getattr(engine, "engine_for", None)
+    return pick(job.spec()) if callable(pick) else engine
+
+
+class StyleApplyStage:
+    name = "style_apply"
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def run(self, job: AvatarJob) -> AvatarJob:
+        with timed(job, self.name):
+            styled = self.engine.apply(decode_trusted(job.aligned), job.landmarks, job.spec())
+            self._finish(job, styled)
+        return job
+
+    def run_batch(self, jobs: list[AvatarJob]) -> list[AvatarJob]:
+        """Many jobs in one engine call (`apply_batch`); engines without it style them one by one."""
+        apply_batch = getattr(self.engine, "apply_batch", None)
+        if apply_batch is None or not jobs:
+            return [self.run(job) for job in jobs]
+        with timed(jobs, self.name):
+            styled = apply_batch([decode_trusted(j.aligned) for j in jobs], [j.landmarks for j in jobs],
+                                 [j.spec() for j in jobs])
+            for job, image in zip(jobs, styled):
+                self._finish(job, image)
+        return jobs
+
+    def _finish(self, job: AvatarJob, styled: np.ndarray) -> None:
+        job.styled = encode_lossless(styled)
+        engine = engine_used(self.engine, job)
+        job.versions["style_engine"] = f"{engine.name}/{engine.version}"
+        model_ids = getattr(engine, "model_ids", None)   # per style when the engine loads several models
+        model = (model_ids or {}).get(job.style) or getattr(engine, "model_id", None)
+        if model:
+            job.versions["style_model"] = str(model)
+
+
+# ---------------------------------------------------------------- BgGenerate
+class BgGenerateStage:
+    name = "bg_generate"
+
+    def __init__(self, segmenter, engine) -> None:
+        self.segmenter = segmenter
+        self.engine = engine
+
+    def run(self, job: AvatarJob) -> AvatarJob:
+        with timed(job, self.name):
+            self._ensure_mask(job)
+            out = self.engine.render(decode_trusted(job.styled), decode_mask(job.mask), job.landmarks, job.spec())
+            self._finish(job, out)
+        return job
+
+    def run_batch(self, jobs: list[AvatarJob]) -> list[AvatarJob]:
+        """Many jobs in one engine call (`render_batch`); engines without it render them one by one."""
+        render_batch = getattr(self.engine, "render_batch", None)
+        if render_batch is None or not jobs:
+            return [self.run(job) for job in jobs]
+        with timed(jobs, self.name):
+            for job in jobs:
+                self._ensure_mask(job)
+            out = render_batch([decode_trusted(j.styled) for j in jobs], [decode_mask(j.mask) for j in jobs],
+                               [j.landmarks for j in jobs], [j.spec() for j in jobs])
+            for job, image in zip(jobs, out):
+                self._finish(job, image)
+        return jobs
+
+    def _ensure_mask(self, job: AvatarJob) -> None:
+        if job.mask is None:   # the mask depends only on the aligned crop: computed once, kept for retries
+            job.mask = encode_mask(self.segmenter.mask(decode_trusted(job.aligned)))
+
+    def _finish(self, job: AvatarJob, composed: np.ndarray) -> None:
+        job.composed = encode_lossless(composed)
+        engine = engine_used(self.engine, job)
+        job.versions["background_engine"] = f"{engine.name}/{engine.version}"
+
+
+# ---------------------------------------------------------------- DetailEnhance
+class DetailEnhanceStage:
+    name = "detail_enhance"
+
+    def __init__(self, enhancer) -> None:
+        self.enhancer = enhancer
+
+    def run(self, job: AvatarJob) -> AvatarJob:
+        with timed(job, self.name):
+            result = self.enhancer.enhance(decode_trusted(job.composed), job.landmarks, job.size, job.style)
+            image = getattr(result, "image", result)
+            job.output = encode_lossless(image)
+            used = getattr(result, "upscaler_used", None)
+            if used:
+                job.versions["upscaler"] = str(used) if isinstance(used, str) else "realesr-animevideov3-x4"
+        return job
+
+
+# ---------------------------------------------------------------- QualityGate
+class QualityGateStage:
+    """Face presence, likeness against the input face, content safety: decides retries and billing."""
+
+    name = "quality_gate"
+
+    def __init__(self, gate) -> None:
+        self.gate = gate
+
+    def run(self, job: AvatarJob) -> AvatarJob:
+        from avatar.gate import IdentityRef, plan_retry
+        with timed(job, self.name):
+            ref = IdentityRef(job.identity_ref, aligned=decode_trusted(job.aligned))
+            job.gate = self.gate.evaluate(decode_trusted(job.output), job.output_face_box(), ref, job.platform,
+                                          job.style)
+            job.likeness_score = float(job.gate.likeness)
+            job.retry = plan_retry(job.attempt, job.intensity, job.gate, self.gate.config)
+        return job
+
+
+# ---------------------------------------------------------------- SaveAvatar
+class SaveAvatarStage:
+    """Final PNG with text metadata plus a 100x100 thumbnail, written to storage; returns their keys."""
+
+    name = "save_avatar"
+
+    def __init__(self, storage: Storage, thumbnail_size: int = 100, compress_level: int = 3) -> None:
+        self.storage = storage
+        self.thumbnail_size = thumbnail_size
+        self.compress_level = compress_level
+
+    def metadata(self, job: AvatarJob) -> dict[str, str]:
+        meta = {"Software": f"avatar-service {__version__}", "avatar:style": job.style,
+                "avatar:platform": job.platform, "avatar:request_id": job.request_id,
+                "avatar:created_at": job.created_at, "avatar:likeness_score": f"{job.likeness_score:.4f}",
+                "avatar:attempts": str(job.attempt)}
+        if job.token:
+            meta["avatar:style_version"] = str(job.token.get("version", ""))
+        meta.update({f"avatar:{k}": v for k, v in sorted(job.versions.items())})
+        return meta
+
+    def run(self, job: AvatarJob) -> AvatarJob:
+        with timed(job, self.name):
+            image = Image.fromarray(decode_trusted(job.output))
+            info = PngInfo()
+            for key, value in self.metadata(job).items():
+                info.add_text(key, value)
+            day = job.created_at[:10].replace("-", "/")
+            job.avatar_key = f"avatars/{day}/{job.request_id}.png"
+            job.thumbnail_key = f"avatars/{day}/{job.request_id}_thumb.png"
+            self.storage.put(job.avatar_key, _png(image, info, self.compress_level))
+            thumb = image.resize((self.thumbnail_size, self.thumbnail_size), Image.Resampling.LANCZOS)
+            self.storage.put(job.thumbnail_key, _png(thumb, info, self.compress_level))
+            job.styled = job.composed = job.aligned = job.mask = None   # keep the reply small
+        return job
+
+
+def _png(image: Image.Image, info: PngInfo, level: int) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info, compress_level=level)
+    return buf.getvalue()
+
+
+def close_stage(stage: object) -> None:
+    """Release a stage's model runtimes (MediaPipe objects must be closed before interpreter exit)."""
+    for attr in ("analyzer", "segmenter", "identity", "engine", "enhancer", "gate"):
+        close = getattr(getattr(stage, attr, None), "close", None)
+        if callable(close):
+            close()
+
+
+def retry_job(base: AvatarJob, attempt: AvatarJob, intensity: float, safer_background: bool) -> AvatarJob:
+    """The next attempt: same aligned face (and mask), the planned intensity, a calmer background if asked."""
+    background, palette = attempt.background, attempt.palette
+    if safer_background:
+        from avatar.engines.cpu_background import safer_background as calm
+        calmer = calm(attempt.spec())
+        background, palette = calmer.background, calmer.palette
+    return replace(base, intensity=intensity, background=background, palette=palette, mask=attempt.mask,
+                   attempt=attempt.attempt + 1, timings=dict(attempt.timings), warnings=list(base.warnings),
+                   versions=dict(attempt.versions), styled=None, composed=None, output=None, gate=None, retry=None)

@@ -1,1 +1,0 @@
-"""Style engines: components that turn an aligned face crop into a styled one, identity preserved."""

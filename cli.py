@@ -1,0 +1,204 @@
+"""`avatar`: run the service, generate one avatar locally, manage model files, accounts and custom styles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from avatar.errors import AvatarError, InvalidRequest
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from avatar.store import models
+    if args.action == "fetch":
+        models.fetch(args.components or models.DEFAULT_COMPONENTS)
+        print(f"models cached in {models.models_dir()}")
+    else:
+        for f in models.CATALOGUE:
+            path = models.models_dir() / f.filename
+            print(f"{f.component:18s} {f.filename:45s} {'cached' if path.exists() else 'missing':8s} {f.package}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from avatar.contracts import GenerateRequest, parse_request
+    from avatar.job import PhotoInput
+    from avatar.flow.local import LocalPipeline
+    payload = {"image": "", "platform": args.platform, "resolution": args.resolution}
+    for key in ("style", "palette", "background", "style_intensity"):
+        if getattr(args, key) is not None:
+            payload[key] = getattr(args, key)
+    req = parse_request(GenerateRequest, payload)
+    with tempfile.TemporaryDirectory(prefix="avatar-") as store_dir, \
+            LocalPipeline(configs={"save_avatar": {"storage_uri": store_dir},
+                                   "load_photo": {"input_cache": False}}) as pipeline:
+        job = pipeline.generate(req, PhotoInput(data=Path(args.photo).read_bytes()))
+        Path(args.output).write_bytes(pipeline.stages["save_avatar"].storage.get(job.avatar_key))
+    print(json.dumps({"output": args.output, "face_count": job.face_count, "likeness_score": job.likeness_score,
+                      "input_quality_score": job.input_quality_score, "attempts": job.attempt,
+                      "billable": job.billable, "warnings": [w.__dict__ for w in job.warnings],
+                      "stage_ms": job.timings}, indent=2))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from service.launcher import serve_forever
+    serve_forever(args.host, args.port, args.profile, args.config, args.dashboard)
+    return 0
+
+
+def _accounts_uri() -> str:
+    from service.auth import accounts_uri
+    return accounts_uri()
+
+
+def _cmd_accounts(args: argparse.Namespace) -> int:
+    from avatar.store.accounts import open_account_store
+    account_id, api_key = open_account_store(_accounts_uri()).create_account(args.name)
+    print(json.dumps({"account_id": account_id, "name": args.name, "api_key": api_key}, indent=2))
+    print("the API key is shown only this once; store it now", file=sys.stderr)
+    return 0
+
+
+def _cmd_styles_train(args: argparse.Namespace) -> int:
+    """Train on a local Ray of this process, printing progress while it runs, then the token id."""
+    import os
+    import threading
+
+    from avatar.settings import ServiceSettings
+    from service.launcher import init_local_ray
+    from training.jobs import ProgressWriter
+    if args.engine == "diffusion":
+        from training.train_diffusion_style import DiffusionTrainConfig as Config
+        from training.train_diffusion_style import run_training
+    else:
+        if args.recipes is not None:
+            raise InvalidRequest("--recipes applies to --engine diffusion only", field="recipes")
+        from training.train_style import TrainConfig as Config
+        from training.train_style import run_training
+    # options left out keep the trainer's defaults (cpu: corporate_headshot, 8 epochs; diffusion: the recipe
+    # book's custom style, 4 epochs)
+    options = {"recipes": args.recipes, "base_style": args.base_style, "epochs": args.epochs}
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")   # progress reports every 0.2 s, not 2 s
+    cfg = Config(account_id=args.account, images=args.images, storage_uri=ServiceSettings().resolved_storage_uri,
+                 accounts_uri=_accounts_uri(), num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                 **{k: v for k, v in options.items() if v is not None})
+    init_local_ray(num_cpus=max(int(args.workers * args.cpus_per_worker + 0.999), os.cpu_count() or 1))
+    outcome: dict = {}
+
+    def train() -> None:
+        try:
+            outcome["result"] = run_training(cfg)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=train, daemon=True)
+    worker.start()
+    progress, last = ProgressWriter(cfg.storage_uri, cfg.account_id, cfg.job_id), None
+    print(f"job {cfg.job_id}: training token {cfg.token_id} for {cfg.account_id}", flush=True)
+    while worker.is_alive():
+        worker.join(0.5)
+        status = progress.read()
+        if status and (status.state, status.epoch) != last:
+            last = (status.state, status.epoch)
+            loss = f"{status.loss:.4f}" if status.loss is not None else "-"
+            eta = f"{status.eta_s:.0f} s" if status.eta_s is not None else "-"
+            print(f"{status.state:9s} epoch {status.epoch}/{status.epochs}  loss {loss}  eta {eta}", flush=True)
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    print(json.dumps({"token_id": result.token_id, "job_id": result.job_id, "seconds": round(result.seconds, 1),
+                      "val_loss": result.metrics.get("val_loss")}, indent=2))
+    return 0
+
+
+def _cmd_styles_list(args: argparse.Namespace) -> int:
+    from avatar.store.accounts import open_account_store
+    from avatar.settings import ServiceSettings
+    from service.style_apply import token_version
+    from training.jobs import StyleJobs
+    records = open_account_store(_accounts_uri()).list_styles(args.account)
+    jobs = StyleJobs(ServiceSettings().resolved_storage_uri).list(args.account)
+    ready = {r.token_id for r in records}
+    print(json.dumps({
+        "styles": [{"token_id": r.token_id, "version": token_version(r.manifest),
+                    "base_style": r.manifest.get("base_style"),
+                    "examples": (r.manifest.get("examples") or {}).get("count"),
+                    "created_at": r.manifest.get("created_at")} for r in records],
+        "jobs": [{k: v for k, v in j.to_dict().items() if k in ("job_id", "token_id", "state", "epoch", "epochs",
+                                                                 "loss", "eta_s", "error")}
+                 for j in jobs if j.token_id not in ready]}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avatar", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service on a local Ray (embedded default)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--profile", choices=("auto", "cpu", "gpu"), default="auto",
+                       help="cpu: no GPU asks (chosen automatically when Ray sees no GPU)")
+    serve.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "serve_config.yaml"))
+    serve.add_argument("--dashboard", action="store_true", help="also start the Ray dashboard (needs ray[default])")
+    serve.set_defaults(func=_cmd_serve)
+
+    gen = sub.add_parser("generate", help="generate one avatar in-process")
+    gen.add_argument("photo")
+    gen.add_argument("-o", "--output", required=True)
+    gen.add_argument("--style")
+    gen.add_argument("--platform", default="generic")
+    gen.add_argument("--palette")
+    gen.add_argument("--background")
+    gen.add_argument("--resolution", choices=("standard", "high"), default="standard")
+    gen.add_argument("--style-intensity", dest="style_intensity", type=float)
+    gen.set_defaults(func=_cmd_generate)
+
+    models = sub.add_parser("models", help="model files: fetch into the cache, or list")
+    models.add_argument("action", choices=("fetch", "list"))
+    models.add_argument("components", nargs="*")
+    models.set_defaults(func=_cmd_models)
+
+    accounts = sub.add_parser("accounts", help="platform accounts and their API keys")
+    accounts_sub = accounts.add_subparsers(dest="action", required=True)
+    create = accounts_sub.add_parser("create", help="create an account; prints its id and API key (shown once)")
+    create.add_argument("name")
+    create.set_defaults(func=_cmd_accounts)
+
+    styles = sub.add_parser("styles", help="custom styles: train a token from example images, list an account's")
+    styles_sub = styles.add_subparsers(dest="action", required=True)
+    train = styles_sub.add_parser("train", help="train a style token on a local Ray and print progress")
+    train.add_argument("--account", required=True, help="account id (acc_...)")
+    train.add_argument("--images", required=True, help="directory (or URI, Parquet manifest) of 50-200 examples")
+    train.add_argument("--engine", choices=("cpu", "diffusion"), default="cpu",
+                       help="cpu: a colour LUT token; diffusion: a textual-inversion token on a recipe's base model")
+    train.add_argument("--recipes", default=None,
+                       help="diffusion: the recipe YAML the service uses (default configs/diffusion.yaml)")
+    train.add_argument("--epochs", type=int, default=None, help="default 8 (cpu), 4 (diffusion)")
+    train.add_argument("--workers", type=int, default=2)
+    train.add_argument("--cpus-per-worker", dest="cpus_per_worker", type=float, default=1.0)
+    train.add_argument("--base-style", dest="base_style", default=None,
+                       help="cpu: the built-in style it starts from (default corporate_headshot); diffusion: the "
+                            "recipe whose base model it is trained on (default: the book's custom style)")
+    train.set_defaults(func=_cmd_styles_train)
+    listing = styles_sub.add_parser("list", help="an account's style tokens and unfinished jobs")
+    listing.add_argument("--account", required=True)
+    listing.set_defaults(func=_cmd_styles_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AvatarError as exc:
+        print(json.dumps(exc.to_body()), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

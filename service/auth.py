@@ -1,0 +1,81 @@
+"""API keys on the HTTP surface: `Authorization: Bearer <api_key>` resolved to an account id.
+
+The account store is opened once per ingress replica (`AVATAR_ACCOUNTS_URI`, else `<data dir>/accounts.sqlite3`) and
+every lookup runs in a worker thread, so the event loop never waits on the database. Keys are never logged or echoed:
+errors say what is wrong with the header, not what it contained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import Any, Mapping
+
+from avatar.store.accounts import AccountStore, open_account_store
+from avatar.settings import ServiceSettings
+from avatar.errors import Unauthorized
+
+
+def accounts_uri(settings: ServiceSettings | None = None) -> str:
+    """The account store the service uses: `AVATAR_ACCOUNTS_URI`, else a SQLite file in the data dir."""
+    env = os.environ.get("AVATAR_ACCOUNTS_URI")
+    if env:
+        return env
+    settings = settings or ServiceSettings()
+    return f"sqlite:///{settings.data_dir / 'accounts.sqlite3'}"
+
+
+def bearer_key(headers: Mapping[str, str]) -> str | None:
+    """The API key of an `Authorization: Bearer <key>` header; None when there is no header.
+
+    A header that is present but not a bearer credential raises Unauthorized (401), like a wrong key.
+    """
+    value = headers.get("authorization")
+    if value is None:
+        return None
+    scheme, _, key = value.strip().partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key or " " in key:
+        raise Unauthorized("the Authorization header must be 'Bearer <api key>'", field="authorization",
+                           code="invalid_authorization")
+    return key
+
+
+class Authenticator:
+    """Resolves request credentials to account ids through one account store per replica (opened on first use)."""
+
+    def __init__(self, uri: str | None = None, store: AccountStore | None = None) -> None:
+        self.uri = uri or accounts_uri()
+        self._store = store
+        self._lock = threading.Lock()
+
+    @property
+    def store(self) -> AccountStore:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = open_account_store(self.uri)
+        return self._store
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """`store.<method>(*args)` in a worker thread (SQLite or a remote store must not block the event loop)."""
+        return await asyncio.to_thread(lambda: getattr(self.store, method)(*args))
+
+    async def account(self, headers: Mapping[str, str]) -> str | None:
+        """The account of the request's key; None without a key; Unauthorized (401) for a wrong or revoked key."""
+        key = bearer_key(headers)
+        if key is None:
+            return None
+        account = await self.call("authenticate", key)
+        if account is None:
+            raise Unauthorized("the API key is not valid", field="authorization", code="invalid_api_key")
+        return account
+
+    async def require(self, headers: Mapping[str, str]) -> str:
+        """The request's account; Unauthorized (401) when no key was sent or it is wrong."""
+        account = await self.account(headers)
+        if account is None:
+            raise Unauthorized("this route needs an API key: send 'Authorization: Bearer <api key>'",
+                               field="authorization", code="missing_api_key")
+        return account

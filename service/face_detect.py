@@ -1,0 +1,11 @@
+"""FaceDetect: Serve deployment around `avatar.flow.stages` (see `assembly.face_detect_stage` for what it loads)."""
+
+from ray import serve
+
+from avatar.flow import assembly
+from service.stage_replica import StageReplica
+
+
+@serve.deployment(name="FaceDetect", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=4)
+class FaceDetect(StageReplica):
+    build = staticmethod(assembly.face_detect_stage)

@@ -1,0 +1,11 @@
+"""SaveAvatar: Serve deployment around `avatar.flow.stages` (see `assembly.save_avatar_stage` for what it loads)."""
+
+from ray import serve
+
+from avatar.flow import assembly
+from service.stage_replica import StageReplica
+
+
+@serve.deployment(name="SaveAvatar", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=4)
+class SaveAvatar(StageReplica):
+    build = staticmethod(assembly.save_avatar_stage)

@@ -1,0 +1,99 @@
+"""What the ingress records per request: Prometheus metrics through Ray Serve's metrics API, a Parquet usage log
+(one row per request, billable or not), and an in-memory summary served at `GET /v1/stats`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter as Tally
+from typing import Any
+
+from ray.serve.metrics import Counter, Histogram
+
+from avatar.job import AvatarJob
+from avatar.store.usage import UsageLog, UsageRecord
+
+_LATENCY_MS = [50, 100, 200, 400, 700, 1000, 1500, 2500, 5000, 10000, 30000]
+CHECKS = ("face_present", "likeness", "content_safety")
+
+
+class Telemetry:
+    def __init__(self, usage_uri: str, flush_interval_s: float = 30.0) -> None:
+        self.usage = UsageLog(usage_uri)
+        self.flush_interval_s = flush_interval_s
+        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+        self.tally: Tally[str] = Tally()
+        self.requests = Counter("avatar_requests", "Requests by route and outcome",
+                                tag_keys=("route", "outcome", "style", "platform"))
+        self.checks = Counter("avatar_gate_checks", "Quality-gate checks of delivered avatars",
+                              tag_keys=("check", "result", "style"))
+        self.retries = Counter("avatar_retries", "Generation retries after a failed gate", tag_keys=("style",))
+        self.latency = Histogram("avatar_request_latency_ms", "End-to-end latency", boundaries=_LATENCY_MS,
+                                 tag_keys=("route", "style"))
+        self.stage_latency = Histogram("avatar_stage_latency_ms", "Time per pipeline stage (all attempts)",
+                                       boundaries=_LATENCY_MS, tag_keys=("stage",))
+
+    def delivered(self, job: AvatarJob, latency_ms: float) -> None:
+        gate = job.gate
+        outcome = "billable" if job.billable else "unbilled"
+        self.requests.inc(tags={"route": "generate", "outcome": outcome, "style": _style(job),
+                                "platform": job.platform})
+        self.latency.observe(latency_ms, tags={"route": "generate", "style": _style(job)})
+        for stage, ms in job.timings.items():
+            self.stage_latency.observe(ms, tags={"stage": stage})
+        if job.attempt > 1:
+            self.retries.inc(job.attempt - 1, tags={"style": _style(job)})
+        with self._lock:
+            self.tally.update({"generate": 1, f"generate:{outcome}": 1, "retries": job.attempt - 1})
+            if gate is not None:
+                for check in CHECKS:
+                    passed = bool(gate.checks.get(check))
+                    self.tally[f"check:{check}:{'pass' if passed else 'fail'}"] += 1
+        if gate is not None:
+            for check in CHECKS:
+                self.checks.inc(tags={"check": check, "result": "pass" if gate.checks.get(check) else "fail",
+                                      "style": _style(job)})
+            record = UsageRecord.from_gate(job.request_id, job.account or "anonymous", job.style, job.platform, gate,
+                                           job.attempt, job.input_quality_score, latency_ms)
+        else:
+            record = UsageRecord(job.request_id, job.account or "anonymous", job.style, job.platform, True, True,
+                                 True, job.attempt, job.likeness_score, 0.0, job.input_quality_score, latency_ms,
+                                 job.billable)
+        self._append(record)
+
+    def refused(self, job: AvatarJob, code: str, latency_ms: float) -> None:
+        self.requests.inc(tags={"route": "generate", "outcome": code, "style": _style(job), "platform": job.platform})
+        with self._lock:
+            self.tally.update({"generate": 1, f"generate:{code}": 1})
+        self._append(UsageRecord.refused(job.request_id, job.account or "anonymous", job.style, job.platform, code,
+                                         job.input_quality_score, latency_ms))
+
+    def checked(self, outcome: str) -> None:
+        self.requests.inc(tags={"route": "check", "outcome": outcome, "style": "", "platform": ""})
+        with self._lock:
+            self.tally.update({"check": 1, f"check:{outcome}": 1})
+
+    def summary(self) -> dict[str, Any]:
+        """Counts of this ingress replica since start, with the gate's pass rate per check."""
+        with self._lock:
+            tally = dict(self.tally)
+        rates = {}
+        for check in CHECKS:
+            passed, failed = tally.get(f"check:{check}:pass", 0), tally.get(f"check:{check}:fail", 0)
+            rates[check] = round(passed / (passed + failed), 4) if passed + failed else None
+        return {"counts": tally, "pass_rate": rates}
+
+    def _append(self, record: UsageRecord) -> None:
+        self.usage.append(record)
+        if time.monotonic() - self._last_flush >= self.flush_interval_s:
+            self._last_flush = time.monotonic()
+            self.usage.flush()
+
+    def close(self) -> None:
+        self.usage.close()
+
+
+def _style(job: AvatarJob) -> str:
+    """Metric label of a style: custom tokens are grouped, so labels stay bounded."""
+    return "custom" if job.style.startswith("sty_") else job.style
