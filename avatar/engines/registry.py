@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from avatar.errors import ModelUnavailable
 from avatar.engines.base import BackgroundEngine, StyleEngine
+from avatar.engines.routing import RoutedBackgroundEngine, RoutedStyleEngine
 
 
 def _cpu_style(options: dict[str, Any]) -> StyleEngine:
@@ -32,13 +33,11 @@ def _diffusion_background(options: dict[str, Any]) -> BackgroundEngine:
 
 
 def _routed_style(options: dict[str, Any]) -> StyleEngine:
-    from avatar.engines.routing import RoutedStyleEngine
-    return RoutedStyleEngine(**options)
+    return RoutedStyleEngine(create_style_engine, **options)
 
 
 def _routed_background(options: dict[str, Any]) -> BackgroundEngine:
-    from avatar.engines.routing import RoutedBackgroundEngine
-    return RoutedBackgroundEngine(**options)
+    return RoutedBackgroundEngine(create_background_engine, **options)
 
 
 STYLE_ENGINES: dict[str, Callable[[dict[str, Any]], StyleEngine]] = {

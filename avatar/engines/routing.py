@@ -9,7 +9,8 @@ diffusion engine and professional ones with the CPU engine:
         platforms: {discord: {name: diffusion, options: {recipes: configs/diffusion.yaml}}}
 
 A platform route wins over a style route; custom tokens route by their base style. Identical engine configurations
-are built once and shared.
+are built once and shared. The registry hands the router its own factory (`create`), so routes may name any
+registered engine while this module knows none of them.
 """
 
 from __future__ import annotations
@@ -59,20 +60,20 @@ class _Router:
 
 
 class RoutedStyleEngine(_Router):
-    def __init__(self, default: dict[str, Any] | None = None, styles: dict[str, dict[str, Any]] | None = None,
+    def __init__(self, create: Callable[[str, dict[str, Any] | None], Any], default: dict[str, Any] | None = None,
+                 styles: dict[str, dict[str, Any]] | None = None,
                  platforms: dict[str, dict[str, Any]] | None = None) -> None:
-        from avatar.engines.registry import create_style_engine
-        super().__init__(create_style_engine, default or {"name": "cpu"}, styles, platforms)
+        super().__init__(create, default or {"name": "cpu"}, styles, platforms)
 
     def apply(self, image: np.ndarray, landmarks: np.ndarray, spec: StyleSpec) -> np.ndarray:
         return self.engine_for(spec).apply(image, landmarks, spec)
 
 
 class RoutedBackgroundEngine(_Router):
-    def __init__(self, default: dict[str, Any] | None = None, styles: dict[str, dict[str, Any]] | None = None,
+    def __init__(self, create: Callable[[str, dict[str, Any] | None], Any], default: dict[str, Any] | None = None,
+                 styles: dict[str, dict[str, Any]] | None = None,
                  platforms: dict[str, dict[str, Any]] | None = None) -> None:
-        from avatar.engines.registry import create_background_engine
-        super().__init__(create_background_engine, default or {"name": "cpu"}, styles, platforms)
+        super().__init__(create, default or {"name": "cpu"}, styles, platforms)
 
     def render(self, image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray, spec: StyleSpec) -> np.ndarray:
         return self.engine_for(spec).render(image, mask, landmarks, spec)
