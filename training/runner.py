@@ -29,6 +29,7 @@ import torch
 
 from avatar.store.accounts import open_account_store
 from avatar.errors import AvatarError
+from avatar.settings import settings
 from avatar.store.storage import Storage
 from avatar.tokens import new_token_id
 from training.dataset import MAX_IMAGES, MIN_IMAGES, ExampleSet, load_examples
@@ -268,8 +269,8 @@ def job_parser(prog: str, description: str, epochs: int) -> argparse.ArgumentPar
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--account", required=True, help="account id (acc_...)")
     p.add_argument("--images", required=True, help="directory, URI or Parquet manifest of 50-200 example images")
-    p.add_argument("--storage", default=os.environ.get("AVATAR_STORAGE_URI", "var/storage"),
-                   help="storage root URI the service reads tokens from")
+    p.add_argument("--storage", default=settings().resolved_storage_uri,
+                   help="storage root URI the service reads tokens from (default: the service's, AVATAR_STORAGE_URI)")
     p.add_argument("--accounts", default=None, help="account store URI (default AVATAR_ACCOUNTS_URI)")
     p.add_argument("--job-id", default=None)
     p.add_argument("--token-id", default=None)
