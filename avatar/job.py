@@ -43,6 +43,7 @@ class AvatarJob:
 
     photo: Pixels | None = None             # upright RGB input
     input_id: str | None = None             # set when the photo was cached (cache_input)
+    pending_input: bytes | None = None      # the normalised photo to cache once the face is accepted (cache_input)
     input_expires_at: int | None = None
     photo_size: tuple[int, int] = (0, 0)
     face_count: int = 0

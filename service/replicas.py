@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from ray import serve
@@ -19,7 +20,8 @@ from avatar.errors import NotFound
 from avatar.flow.assembly import BatchConfig, StageConfig, build_stage, stage_config
 from avatar.flow.names import Stage
 from avatar.flow.stages import close_stage
-from avatar.job import AvatarJob
+from avatar.job import AvatarJob, PhotoInput
+from avatar.store.fetch import fetch_image_async
 from avatar.settings import settings
 from avatar.store.storage import Storage
 from avatar.tokens import load_token, token_version
@@ -91,7 +93,35 @@ def _close(stage: Any) -> None:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=4)
 class StageDeployment(StageReplica):
-    """LoadPhoto, FaceDetect, DetailEnhance, QualityGate and SaveAvatar: the stage named at bind time."""
+    """FaceDetect, DetailEnhance, QualityGate and SaveAvatar: the stage named at bind time."""
+
+
+# ---------------------------------------------------------------- LoadPhoto
+MAX_CONCURRENT_FETCHES = 16
+
+
+@serve.deployment(name="LoadPhoto", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
+class LoadPhoto(StageReplica):
+    """URL inputs are fetched before the stage's lock is taken, concurrently and under the fetch policy's one
+    deadline, so a slow URL never holds the replica's one-at-a-time decode; only the decode runs under the lock."""
+
+    def __init__(self, stage: Stage = Stage.LOAD_PHOTO) -> None:
+        super().__init__(stage)
+        self._fetches = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
+
+    async def run(self, job: AvatarJob, source: PhotoInput) -> AvatarJob:
+        if source.url is not None and source.data is None:
+            if self.stage is None:
+                self.reconfigure({})
+            started = time.perf_counter()
+            async with self._fetches:
+                data = await fetch_image_async(source.url, self.stage.fetch_policy)
+            job.timings["fetch"] = round((time.perf_counter() - started) * 1000, 2)
+            source = replace(source, data=data, url=None, field="image_url")
+        return await self.call("run", job, source)
+
+    async def keep(self, job: AvatarJob) -> AvatarJob:
+        return await self.call("keep", job)
 
 
 # ---------------------------------------------------------------- StyleApply
@@ -184,7 +214,7 @@ class BgGenerate(StageReplica):
         return await self.call("run_batch", jobs)
 
 
-DEPLOYMENTS = {Stage.STYLE_APPLY: StyleApply, Stage.BG_GENERATE: BgGenerate}
+DEPLOYMENTS = {Stage.LOAD_PHOTO: LoadPhoto, Stage.STYLE_APPLY: StyleApply, Stage.BG_GENERATE: BgGenerate}
 
 
 def stage_deployment(stage: Stage):

@@ -119,9 +119,10 @@ def test_fetch_refuses_private_targets_even_after_a_redirect(local_server, monke
             fetch_image(url)
     # A public-looking host that answers with a redirect to the metadata address is refused at the second hop.
     real_resolve = fetch_mod._resolve
-    monkeypatch.setattr(fetch_mod, "_resolve",
-                        lambda host, port, policy: "127.0.0.1" if host == "photos.example" else
-                        real_resolve(host, port, policy))
+
+    async def resolve(host, port, policy):
+        return "127.0.0.1" if host == "photos.example" else await real_resolve(host, port, policy)
+    monkeypatch.setattr(fetch_mod, "_resolve", resolve)
     with pytest.raises(FetchRefused) as err:
         fetch_image(f"http://photos.example:{local_server}/start")
     assert "169.254.169.254" in err.value.message

@@ -61,6 +61,9 @@ class LoadPhotoConfig(StageConfig):
     max_working_side: int = Field(2048, ge=256)
     input_cache: bool = True
     input_ttl_s: int = Field(24 * 3600, gt=0)
+    input_cache_anonymous: bool = Field(False, description="callers without an API key may use cache_input")
+    input_quota_entries: int = Field(100, gt=0, description="cached inputs one account keeps at once")
+    input_quota_bytes: int = Field(256 * 2**20, gt=0, description="bytes of cached inputs one account keeps")
     storage_uri: str = ""
 
 
@@ -106,9 +109,10 @@ def load_photo_stage(cfg: LoadPhotoConfig):
                          else cfg.fetch_allow_private)
     inputs = None
     if cfg.input_cache:
-        from avatar.store.input_cache import InputCache
+        from avatar.store.input_cache import InputCache, InputQuota
         from avatar.store.storage import Storage
-        inputs = InputCache(Storage(cfg.storage_uri or env.resolved_storage_uri), ttl_s=cfg.input_ttl_s)
+        quota = InputQuota(cfg.input_quota_entries, cfg.input_quota_bytes, cfg.input_cache_anonymous)
+        inputs = InputCache(Storage(cfg.storage_uri or env.resolved_storage_uri), ttl_s=cfg.input_ttl_s, quota=quota)
     return LoadPhotoStage(limits, policy, cfg.max_working_side, inputs)
 
 

@@ -21,6 +21,8 @@ async def generate(job: AvatarJob, source: PhotoInput, call: StageCall, gate: bo
     """Run the whole flow. The quality gate stage decides pass/fail and plans retries from its own configuration;
     with `gate=False` (no gate deployed) every output is delivered as is."""
     detected = call(Stage.FACE_DETECT, call(Stage.LOAD_PHOTO, job, source))
+    if source.cache:   # only a photo whose face was accepted is kept (FaceDetect raises for the others)
+        detected = call(Stage.LOAD_PHOTO, detected, method="keep")
     attempt = Attempt.first(job)
     tried: list[tuple[Any, Verdict]] = []
     while True:
@@ -39,7 +41,11 @@ async def generate(job: AvatarJob, source: PhotoInput, call: StageCall, gate: bo
 async def check(job: AvatarJob, source: PhotoInput, call: StageCall) -> dict:
     """The pre-flight: load the photo and report what generate would see; nothing is generated."""
     loaded = call(Stage.LOAD_PHOTO, job, source)
-    return await call(Stage.FACE_DETECT, loaded, method="check")
+    report = await call(Stage.FACE_DETECT, loaded, method="check")
+    if source.cache and report["accepted"]:   # a photo without an accepted face is never kept
+        kept = await call(Stage.LOAD_PHOTO, loaded, method="keep")
+        report.update(kept.input_fields())
+    return report
 
 
 def _best(verdicts: list[Verdict]) -> int:

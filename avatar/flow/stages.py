@@ -59,6 +59,8 @@ class LoadPhotoStage:
 
     def run(self, job: AvatarJob, source: PhotoInput) -> AvatarJob:
         with timed(job, self.name):
+            if source.cache:
+                self._cache().admit(job.account)   # refused before any work: no key, or the account's quota is full
             if source.input_id is not None:
                 rgb = decode_trusted(self._cache().get(job.account, source.input_id))
                 job.photo_size = (rgb.shape[1], rgb.shape[0])
@@ -68,9 +70,15 @@ class LoadPhotoStage:
             job.photo_size = (rgb.shape[1], rgb.shape[0])
             rgb = _limit_side(rgb, self.max_working_side)
             job.photo = Pixels.of(rgb)
-            if source.cache:
-                stored = encode_lossless(rgb) if rgb.size <= 1_500_000 * 3 else encode_jpeg(rgb, 95)
-                job.input_id, job.input_expires_at = self._cache().put(job.account, stored)
+            if source.cache:   # stored by `keep` once FaceDetect accepted the face; never for refused photos
+                job.pending_input = encode_lossless(rgb) if rgb.size <= 1_500_000 * 3 else encode_jpeg(rgb, 95)
+        return job
+
+    def keep(self, job: AvatarJob) -> AvatarJob:
+        """Cache the accepted photo that `run` prepared (`cache_input`) and set the job's `input_id`."""
+        if job.pending_input is not None:
+            job.input_id, job.input_expires_at = self._cache().put(job.account, job.pending_input)
+            job.pending_input = None
         return job
 
     def _cache(self):

@@ -2,15 +2,18 @@
 
 Every hop (the first request and each redirect) resolves the host, refuses loopback, private, link-local, multicast,
 reserved and cloud-metadata addresses, then connects to the checked address itself (Host header and TLS SNI keep the
-name), so a DNS answer cannot change between the check and the connection. Size and time are capped.
+name), so a DNS answer cannot change between the check and the connection. Size is capped, and one deadline covers
+the whole fetch (resolve, connect, headers, body, redirects).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
-import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
@@ -18,6 +21,7 @@ import httpx
 from avatar.errors import FetchRefused, PayloadTooLarge
 
 MAX_REDIRECTS = 3
+_RESOLVER = ThreadPoolExecutor(8, thread_name_prefix="avatar-dns")
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,12 @@ def _check_address(ip: str, policy: FetchPolicy) -> None:
         raise FetchRefused(f"image_url resolves to a non-public address ({addr})", field="image_url")
 
 
-def _resolve(host: str, port: int, policy: FetchPolicy) -> str:
+async def _resolve(host: str, port: int, policy: FetchPolicy) -> str:
+    """The host's address, every answer checked. getaddrinfo blocks and cannot be cancelled, so it runs in resolver
+    threads of its own that the caller's deadline does not wait for (nor does a closing event loop)."""
+    loop = asyncio.get_running_loop()
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await loop.run_in_executor(_RESOLVER, partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM))
     except (socket.gaierror, UnicodeError):
         raise FetchRefused(f"image_url host {host!r} does not resolve", field="image_url") from None
     addresses = sorted({info[4][0] for info in infos})
@@ -62,23 +69,44 @@ def _split(url: str) -> tuple[str, str, int]:
 
 
 def fetch_image(url: str, policy: FetchPolicy = FetchPolicy()) -> bytes:
-    """GET `url` under `policy`, following at most MAX_REDIRECTS redirects, each re-checked."""
-    deadline = time.monotonic() + policy.timeout_s
-    with httpx.Client(timeout=policy.timeout_s, follow_redirects=False, trust_env=False) as client:
+    """Blocking form of `fetch_image_async` for synchronous callers (CLI, in-process pipeline)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(fetch_image_async(url, policy))
+    with ThreadPoolExecutor(1) as pool:   # called from inside an event loop: run the fetch on a loop of its own
+        return pool.submit(asyncio.run, fetch_image_async(url, policy)).result()
+
+
+async def fetch_image_async(url: str, policy: FetchPolicy = FetchPolicy()) -> bytes:
+    """GET `url` under `policy`, following at most MAX_REDIRECTS redirects, each re-checked. One deadline
+    (`policy.timeout_s`) covers everything: every DNS lookup, connect, TLS, headers (however slowly they drip) and
+    body, across redirects."""
+    try:
+        async with asyncio.timeout(policy.timeout_s):
+            return await _fetch(url, policy)
+    except TimeoutError:
+        raise FetchRefused(f"image_url did not answer within {policy.timeout_s:g} s", field="image_url",
+                           code="image_url_timeout") from None
+
+
+async def _fetch(url: str, policy: FetchPolicy) -> bytes:
+    async with httpx.AsyncClient(timeout=policy.timeout_s, follow_redirects=False, trust_env=False) as client:
         for _ in range(MAX_REDIRECTS + 1):
             scheme, host, port = _split(url)
-            ip = _resolve(host, port, policy)
+            ip = await _resolve(host, port, policy)
             pinned = urlunsplit(urlsplit(url)._replace(netloc=_netloc(ip, port)))
             headers = {"Host": host if port in (80, 443) else f"{host}:{port}", "Accept": "image/*"}
             try:
-                with client.stream("GET", pinned, headers=headers, extensions={"sni_hostname": host}) as resp:
+                async with client.stream("GET", pinned, headers=headers,
+                                         extensions={"sni_hostname": host}) as resp:
                     if resp.is_redirect:
                         url = urljoin(url, resp.headers.get("location", ""))
                         continue
                     if resp.status_code != 200:
                         raise FetchRefused(f"image_url answered HTTP {resp.status_code}", field="image_url",
                                            code="image_url_unreachable")
-                    return _read_capped(resp, policy, deadline)
+                    return await _read_capped(resp, policy)
             except httpx.TimeoutException:
                 raise FetchRefused("image_url timed out", field="image_url", code="image_url_timeout") from None
             except httpx.HTTPError as exc:
@@ -91,17 +119,15 @@ def _netloc(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def _read_capped(resp: httpx.Response, policy: FetchPolicy, deadline: float) -> bytes:
+async def _read_capped(resp: httpx.Response, policy: FetchPolicy) -> bytes:
     declared = resp.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > policy.max_bytes:
         raise PayloadTooLarge(f"image_url body is {declared} bytes; the limit is {policy.max_bytes}",
                               field="image_url")
     chunks, total = [], 0
-    for chunk in resp.iter_bytes():
+    async for chunk in resp.aiter_bytes():
         total += len(chunk)
         if total > policy.max_bytes:
             raise PayloadTooLarge(f"image_url body exceeds {policy.max_bytes} bytes", field="image_url")
-        if time.monotonic() > deadline:
-            raise FetchRefused("image_url timed out", field="image_url", code="image_url_timeout")
         chunks.append(chunk)
     return b"".join(chunks)

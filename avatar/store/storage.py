@@ -66,6 +66,15 @@ class Storage:
         return sorted(i.path.removeprefix(root) for i in infos if i.type == pafs.FileType.File)
 
 
+    def sizes(self, prefix: str, modified_after: float | None = None) -> dict[str, int]:
+        """Size in bytes of every object under `prefix` (only those modified after `modified_after`, if given)."""
+        base = self._path(prefix.rstrip("/"))
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        root = self.root.rstrip("/") + "/"
+        return {i.path.removeprefix(root): i.size for i in infos if i.type == pafs.FileType.File
+                and (modified_after is None or (i.mtime is not None and i.mtime.timestamp() > modified_after))}
+
+
 def _abs(path: str) -> str:
     from pathlib import Path
     return str(Path(path).resolve())
