@@ -27,6 +27,8 @@ class Settings(BaseSettings):
                                               "(default sqlite in <data_dir>/accounts.sqlite3).")
     public_url: str = Field("", description="Base of signed URLs, e.g. https://avatars.example.com.")
     url_ttl_s: int = Field(24 * 3600, gt=0, description="Lifetime of signed output URLs.")
+    operator_key: SecretStr | None = Field(None, description="Bearer credential of operator routes (GET /v1/stats); "
+                                                             "unset: those routes answer 403.")
     signing_secret: SecretStr | None = Field(None, description="HMAC key of signed URLs (default: generated once "
                                                                "into <data_dir>/signing.key).")
     account_pepper: SecretStr | None = Field(None, description="Pepper of stored API-key digests (default: generated "

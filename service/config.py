@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from avatar.flow.assembly import ConfigError, describe_invalid, stage_config
 from avatar.flow.names import Stage
+from service.admission import AdmissionConfig
 
 INGRESS = "AvatarIngress"
 
@@ -34,9 +35,13 @@ class IngressConfig(BaseModel):
 
     request_timeout_s: float = Field(60.0, gt=0)
     max_body_bytes: int = Field(20 * 2**20, gt=0)
-    public_url: str = Field("", description="base of signed URLs; default AVATAR_PUBLIC_URL, else the request's")
+    public_url: str = Field("", description="base of signed URLs; default AVATAR_PUBLIC_URL, else the address the "
+                                            "request arrived on (never the client's Host header)")
     require_api_key: bool = Field(False, description="built-in styles too need `Authorization: Bearer <api key>`")
     usage_flush_interval_s: float = Field(30.0, ge=0)
+    trusted_proxy_headers: bool = Field(False, description="signed URLs may use X-Forwarded-Proto/-Host (only "
+                                                           "behind a proxy that sets them) when no public_url is set")
+    admission: AdmissionConfig = AdmissionConfig()
     styles: StylesConfig = StylesConfig()
 
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import hmac
+
 from fastapi import Depends, Request
 from ray import serve
+
+from avatar.errors import Forbidden, Unauthorized
+from service.auth import bearer_key
 
 
 def get_ingress() -> Any:
@@ -29,5 +34,18 @@ async def required_account(request: Request, ingress: Ingress) -> str:
     return await ingress.auth.require(request.headers)
 
 
+async def operator(request: Request, ingress: Ingress) -> None:
+    """Operator routes: `Authorization: Bearer <AVATAR_OPERATOR_KEY>`; 401 for anything else, 403 when no operator
+    key is configured (the route is then closed to everyone)."""
+    if not ingress.operator_key:
+        raise Forbidden("operator routes are off: set AVATAR_OPERATOR_KEY", field="authorization",
+                        code="operator_routes_disabled")
+    key = bearer_key(request.headers)
+    if key is None or not hmac.compare_digest(key.encode(), ingress.operator_key):
+        raise Unauthorized("this route needs the operator key: send 'Authorization: Bearer <operator key>'",
+                           field="authorization", code="operator_key_required")
+
+
 Account = Annotated[str | None, Depends(caller_account)]
 RequiredAccount = Annotated[str, Depends(required_account)]
+Operator = Depends(operator)

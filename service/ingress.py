@@ -18,6 +18,7 @@ from avatar.job import AvatarJob
 from avatar.settings import settings
 from avatar.store.storage import Storage, UrlSigner
 from service.app import app
+from service.admission import Admission
 from service.auth import Authenticator
 from service.config import INGRESS, IngressConfig, ingress_config
 from service.replicas import model_id_for
@@ -37,10 +38,13 @@ class Ingress:
         self.storage = Storage(env.resolved_storage_uri)
         self.auth = Authenticator(env.resolved_accounts_uri)
         self.config = IngressConfig()
+        self.admission = Admission(self.config.admission)
+        self.operator_key = env.operator_key.get_secret_value().encode() if env.operator_key else b""
         self.telemetry = Telemetry(env.resolved_usage_uri, self.config.usage_flush_interval_s)
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         self.config = ingress_config(user_config)
+        self.admission.config = self.config.admission
         self.telemetry.flush_interval_s = self.config.usage_flush_interval_s
 
     def __del__(self) -> None:   # Serve calls this on graceful shutdown: buffered usage rows are written
@@ -70,8 +74,24 @@ class Ingress:
         return StyleJobs(self.storage.uri, self.auth.uri, **self.config.styles.training)
 
     # ------------------------------------------------------------ answers
+    def base_url(self, request: Request) -> str:
+        """Where signed URLs point: the configured public URL; else, behind a proxy the operator trusts, its
+        X-Forwarded-Proto/-Host; else the address the request arrived on. Never the client's Host header, which would
+        let a caller hand out links to a host of its choosing."""
+        if self.config.public_url or self.public_url:
+            return self.config.public_url or self.public_url
+        if self.config.trusted_proxy_headers and request.headers.get("x-forwarded-host"):
+            proto = request.headers.get("x-forwarded-proto", "https").split(",")[0].strip()
+            host = request.headers["x-forwarded-host"].split(",")[0].strip()
+            return f"{proto}://{host}{request.scope.get('root_path', '')}"
+        host, port = request.scope.get("server") or ("127.0.0.1", 8000)
+        scheme = request.scope.get("scheme", "http")
+        default = (scheme == "http" and port == 80) or (scheme == "https" and port == 443)
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}{'' if default else f':{port}'}{request.scope.get('root_path', '')}"
+
     def response(self, request: Request, job: AvatarJob, latency_ms: float) -> GenerateResponse:
-        base = self.config.public_url or self.public_url or str(request.base_url)
+        base = self.base_url(request)
         avatar_url, expires = self.signer.sign(base, job.avatar_key)
         thumb_url, _ = self.signer.sign(base, job.thumbnail_key)
         gate = job.gate

@@ -35,10 +35,12 @@ def service():
     data = tempfile.mkdtemp(prefix="avatar-data-")
     os.environ["AVATAR_DATA_DIR"] = data
     os.environ["AVATAR_SIGNING_SECRET"] = "test-secret"
+    os.environ["AVATAR_OPERATOR_KEY"] = "operator-secret"
     init_local_ray(num_cpus=2, temp_dir=temp)
     port = _free_port()
     try:
-        deploy(profile="cpu", port=port, overrides={"AvatarIngress": {"usage_flush_interval_s": 0}})
+        deploy(profile="cpu", port=port, overrides={"AvatarIngress": {"usage_flush_interval_s": 0},
+                                                    "LoadPhoto": {"input_cache_anonymous": True}})
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             client.usage_dir = os.path.join(data, "usage")
             yield client
@@ -227,7 +229,8 @@ def test_usage_log_has_one_row_per_generate_request(service, astronaut):
     assert row["face_present"] and row["content_safe"] and row["outcome"] == "delivered"
     miss = rows[refused["request_id"]]
     assert miss["outcome"] == "face_too_small" and not miss["billable"]
-    stats = service.get("/v1/stats").json()
+    assert service.get("/v1/stats").status_code == 401   # operator-only
+    stats = service.get("/v1/stats", headers={"authorization": "Bearer operator-secret"}).json()
     assert stats["counts"]["generate"] >= 2 and stats["pass_rate"]["face_present"] == 1.0
 
 

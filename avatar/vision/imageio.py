@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -103,8 +104,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
 def _short(exc: BaseException) -> str:
-    return (str(exc) or type(exc).__name__)[:120]
+    """The decoder's reason, without object reprs (`<_io.BytesIO object at 0x...>` would leak heap addresses)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a readable image"
+    text = _OBJECT_REPR.sub("the image", str(exc)).strip()
+    return (text or type(exc).__name__)[:120]
 
 
 @dataclass(frozen=True)

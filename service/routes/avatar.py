@@ -35,9 +35,12 @@ async def generate(request: Request, ingress: Ingress, account: Account) -> Gene
                     size=req.size, intensity=req.resolved_intensity, palette=req.palette, background=req.background)
     await ingress.auth.authorize_style(account, job)   # a custom token must be the account's own
     timeout = ingress.config.request_timeout_s
+
+    async def admitted() -> AvatarJob:
+        async with ingress.admission.turn(account):
+            return await orchestrator.generate(job, photo_input(req, upload), ingress.stage_call(job), ingress.gated)
     try:
-        done = await asyncio.wait_for(
-            orchestrator.generate(job, photo_input(req, upload), ingress.stage_call(job), ingress.gated), timeout)
+        done = await asyncio.wait_for(admitted(), timeout)
     except Exception as exc:  # noqa: BLE001 - every failure answers JSON; the service stays up
         error = as_avatar_error(exc, timeout)
         if error.status >= 500:
@@ -60,9 +63,12 @@ async def check(request: Request, ingress: Ingress, account: Account) -> CheckRe
     job = AvatarJob(request_id=AvatarJob.new_request_id(), style="", platform=req.platform, size=0, intensity=0,
                     account=account)
     timeout = ingress.config.request_timeout_s
+
+    async def admitted() -> dict:
+        async with ingress.admission.turn(account):
+            return await orchestrator.check(job, photo_input(req, upload), ingress.stage_call(job))
     try:
-        report = await asyncio.wait_for(orchestrator.check(job, photo_input(req, upload), ingress.stage_call(job)),
-                                        timeout)
+        report = await asyncio.wait_for(admitted(), timeout)
     except Exception as exc:  # noqa: BLE001 - every failure answers JSON; the service stays up
         error = as_avatar_error(exc, timeout)
         ingress.telemetry.checked(error.code)

@@ -6,7 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service.dependencies import Ingress
+from service.dependencies import Ingress, Operator
+from service.openapi import ERRORS
 
 router = APIRouter(tags=["operations"])
 
@@ -17,6 +18,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/v1/stats", summary="This ingress replica's request counts and gate pass rates")
+@router.get("/v1/stats", summary="This ingress replica's request counts and gate pass rates (operator key)",
+            responses=ERRORS, dependencies=[Operator])
 async def stats(ingress: Ingress) -> dict[str, Any]:
     return ingress.telemetry.summary()
