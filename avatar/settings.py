@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     storage_uri: str = Field("", description="Outputs, tokens, cached inputs: a path, file://, s3:// or gs:// URI "
                                              "(default <data_dir>/storage).")
     usage_uri: str = Field("", description="The Parquet usage log (default <data_dir>/usage).")
+    usage_journal_dir: Path | None = Field(None, description="Node-local directory where each usage row is fsynced "
+                                                             "before the answer (default <data_dir>/usage-journal).")
     accounts_uri: str = Field("", description="Account store, e.g. sqlite:////abs/path "
                                               "(default sqlite in <data_dir>/accounts.sqlite3).")
     public_url: str = Field("", description="Base of signed URLs, e.g. https://avatars.example.com.")
@@ -63,6 +65,10 @@ class Settings(BaseSettings):
     @property
     def resolved_usage_uri(self) -> str:
         return self.usage_uri or str(self.data_path / "usage")
+
+    @property
+    def resolved_usage_journal_dir(self) -> Path:
+        return (self.usage_journal_dir or self.data_path / "usage-journal").expanduser()
 
     @property
     def resolved_accounts_uri(self) -> str:

@@ -40,7 +40,8 @@ class Ingress:
         self.config = IngressConfig()
         self.admission = Admission(self.config.admission)
         self.operator_key = env.operator_key.get_secret_value().encode() if env.operator_key else b""
-        self.telemetry = Telemetry(env.resolved_usage_uri, self.config.usage_flush_interval_s)
+        self.telemetry = Telemetry(env.resolved_usage_uri, self.config.usage_flush_interval_s,
+                                   env.resolved_usage_journal_dir)
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         self.config = ingress_config(user_config)

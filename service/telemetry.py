@@ -1,11 +1,18 @@
 """What the ingress records per request: Prometheus metrics through Ray Serve's metrics API, a Parquet usage log
-(one row per request, billable or not), and an in-memory summary served at `GET /v1/stats`."""
+(one row per request, billable or not), and an in-memory summary served at `GET /v1/stats`.
+
+Usage rows are journalled durably before the request is answered (`delivered` / `refused` return once the row is
+fsynced; routes call them off the event loop) and compacted into Parquet at least every `flush_interval_s` by a
+background thread, whether or not more requests arrive; rows of a replica that died are recovered by the next one
+started on the node."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter as Tally
+from pathlib import Path
 from typing import Any
 
 from ray.serve.metrics import Counter, Histogram
@@ -13,16 +20,20 @@ from ray.serve.metrics import Counter, Histogram
 from avatar.job import AvatarJob
 from avatar.store.usage import UsageLog, UsageRecord
 
+log = logging.getLogger("avatar.telemetry")
 _LATENCY_MS = [50, 100, 200, 400, 700, 1000, 1500, 2500, 5000, 10000, 30000]
 CHECKS = ("face_present", "likeness", "content_safety")
 
 
 class Telemetry:
-    def __init__(self, usage_uri: str, flush_interval_s: float = 30.0) -> None:
-        self.usage = UsageLog(usage_uri)
+    def __init__(self, usage_uri: str, flush_interval_s: float = 30.0, journal_dir: str | Path | None = None) -> None:
+        self.usage = UsageLog(usage_uri, journal_dir=journal_dir)
         self.flush_interval_s = flush_interval_s
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="usage-flush", daemon=True)
+        self._flusher.start()
         self.tally: Tally[str] = Tally()
         self.requests = Counter("avatar_requests", "Requests by route and outcome",
                                 tag_keys=("route", "outcome", "style", "platform"))
@@ -90,7 +101,18 @@ class Telemetry:
             self._last_flush = time.monotonic()
             self.usage.flush()
 
+    def _flush_loop(self) -> None:
+        """Buffered rows reach Parquet within about one interval even when no further request arrives."""
+        while not self._stop.wait(max(self.flush_interval_s, 1.0)):
+            if time.monotonic() - self._last_flush >= self.flush_interval_s:
+                self._last_flush = time.monotonic()
+                try:
+                    self.usage.flush()
+                except Exception:  # noqa: BLE001 - the rows stay journalled; the next flush retries
+                    log.exception("usage log flush failed")
+
     def close(self) -> None:
+        self._stop.set()
         self.usage.close()
 
 

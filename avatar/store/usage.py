@@ -1,10 +1,16 @@
 """Usage log: one row per avatar request, the record billing reads (platforms pay only for `billable` rows).
 
 Rows are buffered in memory and written as Parquet, one file per time window (hourly by default) under
-`<root>/date=YYYY-MM-DD/hour=HH/part-<writer>-<seq>.parquet`, through pyarrow.fs so the root may be a local
-directory or an `s3://` / `gs://` URI. Each flush writes a new file (object stores have no append), so a window holds
-one file per writer unless its buffer filled or was flushed explicitly. Read it back with
+`<root>/date=YYYY-MM-DD/hour=HH/part-<...>.parquet`, through pyarrow.fs so the root may be a local directory or an
+`s3://` / `gs://` URI. Each flush writes a new file (object stores have no append). Read it back with
 `pyarrow.dataset.dataset(root, format="parquet", partitioning="hive")`.
+
+With a journal directory (node-local disk), every row is first written and fsynced to a journal segment
+(`avatar.store.journal`) before `append` returns, so a request is answered only once its row is durable. A flush
+compacts the sealed segment into Parquet files named after the segment, then deletes it; a segment whose writer
+died is compacted by the next log opened on that node (`recover`). Because the files of a segment are named
+deterministically and hold exactly its rows, compacting a segment twice rewrites the same files: every row lands in
+the log exactly once, even when a crash falls between the Parquet write and the segment's deletion.
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from avatar.store.journal import Journal, Segment
 
 SCHEMA = pa.schema([
     ("request_id", pa.string()), ("account", pa.string()), ("style", pa.string()), ("platform", pa.string()),
@@ -87,9 +96,11 @@ class Window:
 
 
 class UsageLog:
-    """Thread-safe buffered Parquet writer; rows become readable after `flush()` (or window change / size / close)."""
+    """Thread-safe buffered Parquet writer; rows become readable after `flush()` (or window change / size / close).
+    With `journal_dir`, rows are durable as soon as `append` returns (see the module docstring)."""
 
-    def __init__(self, root_uri: str, window_seconds: int = 3600, max_rows: int = 10_000) -> None:
+    def __init__(self, root_uri: str, window_seconds: int = 3600, max_rows: int = 10_000,
+                 journal_dir: str | Path | None = None) -> None:
         self.filesystem, self.root = pafs.FileSystem.from_uri(_as_uri(root_uri))
         self.window_seconds = window_seconds
         self.max_rows = max_rows
@@ -98,29 +109,59 @@ class UsageLog:
         self._seq = 0
         self._lock = threading.Lock()
         self._closed = False
+        self.journal_dir = Path(journal_dir) if journal_dir is not None else None
+        self.recovered = self.recover() if self.journal_dir is not None else 0
+        self.journal = Journal(self.journal_dir, self.writer_id) if self.journal_dir is not None else None
 
     def append(self, record: UsageRecord) -> None:
-        """Buffer one row; a row of a newer window flushes the older windows first."""
+        """Buffer one row (journalled first, when there is a journal); a row of a newer window or a full buffer
+        writes what is buffered."""
         window = Window.of(record.created_at, self.window_seconds)
         with self._lock:
             if self._closed:
                 raise RuntimeError("usage log is closed")
-            for old in [w for w in self._buffers if w.start < window.start]:
-                self._write(old, self._buffers.pop(old))
+            if self.journal is not None:
+                self.journal.append(_row(record))
+            older = [w for w in self._buffers if w.start < window.start]
             rows = self._buffers.setdefault(window, [])
             rows.append(record)
+            if self.journal is not None:
+                if older or len(rows) >= self.max_rows:
+                    self._flush_segment()
+                return
+            for old in older:
+                self._write(old, self._buffers.pop(old))
             if len(rows) >= self.max_rows:
                 self._write(window, self._buffers.pop(window))
 
     def flush(self) -> list[str]:
         """Write every buffered window; returns the paths written."""
         with self._lock:
+            if self.journal is not None:
+                return self._flush_segment()
             return [self._write(w, self._buffers.pop(w)) for w in sorted(self._buffers, key=lambda w: w.start)]
 
     def close(self) -> None:
         self.flush()
         with self._lock:
             self._closed = True
+            if self.journal is not None:
+                self.journal.close()
+
+    def recover(self) -> int:
+        """Compact the journal segments of writers that died on this node; returns the rows recovered."""
+        if self.journal_dir is None or not self.journal_dir.exists():
+            return 0
+        count = 0
+        for segment in Journal.orphans(self.journal_dir):
+            try:
+                records = [_record(row) for row in segment.rows()]
+                self._compact(segment.name, records)
+                segment.path.unlink(missing_ok=True)
+                count += len(records)
+            finally:
+                segment.close()
+        return count
 
     def __enter__(self) -> UsageLog:
         return self
@@ -128,13 +169,51 @@ class UsageLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write(self, window: Window, rows: list[UsageRecord]) -> str:
+    def _flush_segment(self) -> list[str]:
+        """Seal the journal segment, write its rows (the buffers hold exactly them), delete it."""
+        records = [r for w in sorted(self._buffers, key=lambda w: w.start) for r in self._buffers[w]]
+        self._buffers.clear()
+        if not records:
+            return []
+        sealed = self.journal.rotate()
+        try:
+            paths = self._compact(sealed.name, records)
+            sealed.path.unlink(missing_ok=True)
+        finally:
+            sealed.close()
+        return paths
+
+    def _compact(self, segment: str, records: list[UsageRecord]) -> list[str]:
+        """One Parquet file per window of `records`, named after the segment: rewriting it is idempotent."""
+        windows: dict[Window, list[UsageRecord]] = {}
+        for r in records:
+            windows.setdefault(Window.of(r.created_at, self.window_seconds), []).append(r)
+        return [self._write(w, rows, name=f"part-{w.start:%Y%m%dT%H%M}-{segment}")
+                for w, rows in sorted(windows.items(), key=lambda kv: kv[0].start)]
+
+    def _write(self, window: Window, rows: list[UsageRecord], name: str | None = None) -> str:
         directory = f"{self.root.rstrip('/')}/{window.prefix()}"
         self.filesystem.create_dir(directory, recursive=True)
-        self._seq += 1
-        path = f"{directory}/part-{window.start:%Y%m%dT%H%M}-{self.writer_id}-{self._seq:05d}.parquet"
-        pq.write_table(_table(rows), path, filesystem=self.filesystem)
+        if name is None:
+            self._seq += 1
+            name = f"part-{window.start:%Y%m%dT%H%M}-{self.writer_id}-{self._seq:05d}"
+        path = f"{directory}/{name}.parquet"
+        tmp = f"{directory}/.{name}.parquet.tmp"     # dataset readers skip dot files; the move publishes it whole
+        pq.write_table(_table(rows), tmp, filesystem=self.filesystem)
+        self.filesystem.move(tmp, path)
         return path
+
+
+def _row(record: UsageRecord) -> dict:
+    row = dataclasses.asdict(record)
+    row["created_at"] = record.created_at.isoformat()
+    return row
+
+
+def _record(row: dict) -> UsageRecord:
+    row = dict(row)
+    row["created_at"] = datetime.fromisoformat(row["created_at"])
+    return UsageRecord(**row)
 
 
 def _table(rows: list[UsageRecord]) -> pa.Table:

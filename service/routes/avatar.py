@@ -46,10 +46,10 @@ async def generate(request: Request, ingress: Ingress, account: Account) -> Gene
         if error.status >= 500:
             log.error("request %s failed: %s (%s)", job.request_id, error.message, type(exc).__name__)
         job.input_quality_score = float(error.extra.get("input_quality_score", 0.0))
-        ingress.telemetry.refused(job, error.code, _ms(started))
+        await asyncio.to_thread(ingress.telemetry.refused, job, error.code, _ms(started))   # durable first
         return error_response(error, job.request_id)
     body = ingress.response(request, done, _ms(started))
-    ingress.telemetry.delivered(done, body.latency_ms)
+    await asyncio.to_thread(ingress.telemetry.delivered, done, body.latency_ms)   # the row is on disk before the answer
     return body
 
 
