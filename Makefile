@@ -6,7 +6,7 @@ PORT    ?= 8000
 # The CPU build of torch: a local wheel folder where the machine has one, else PyTorch's CPU index.
 WHEELS  ?= /opt/wheels
 TORCH_SRC := $(if $(wildcard $(WHEELS)/torch-*.whl),--find-links $(WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
-export RAY_AUTH_MODE ?= disabled
+export RAY_AUTH_MODE ?= token
 # uv on PATH, else the uv module (installed on first use with pip).
 UV      := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 

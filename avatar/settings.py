@@ -39,6 +39,20 @@ class Settings(BaseSettings):
     fetch_max_bytes: int = Field(15 * 2**20, gt=0, description="Largest image_url body.")
     fetch_allow_private: bool = Field(False, description="Let image_url reach private addresses (closed networks "
                                                          "and tests only).")
+    proxy_max_body_bytes: int = Field(21 * 2**20, gt=0, description="Serve proxy: largest request body (the ingress's "
+                                                                    "max_body_bytes plus multipart framing).")
+    proxy_max_upload_bytes: int = Field(201 * 2**20, gt=0, description="Serve proxy: largest body on /v1/styles.")
+    proxy_max_buffered_bytes: int = Field(512 * 2**20, gt=0, description="Serve proxy: request bodies held at once.")
+    proxy_header_timeout_s: float = Field(10.0, gt=0, description="Serve proxy: deadline for a request's headers.")
+    proxy_max_header_bytes: int = Field(64 * 2**10, gt=0, description="Serve proxy: largest request head.")
+    proxy_body_timeout_s: float = Field(60.0, gt=0, description="Serve proxy: deadline for a whole request body.")
+    proxy_body_idle_s: float = Field(10.0, gt=0, description="Serve proxy: longest pause inside a request body.")
+    proxy_max_connections: int = Field(512, gt=0, description="Serve proxy: open client connections.")
+    training_memory_mb: int = Field(4096, gt=0, description="Memory budget of style training jobs per node (a Ray "
+                                                            "resource, avatar_training_mb, set when Ray starts).")
+    training_job_base_mb: int = Field(900, gt=0, description="Estimated memory of a job's driver and Train "
+                                                             "controller.")
+    training_worker_mb: int = Field(450, gt=0, description="Estimated memory of one training worker.")
     models_dir: Path | None = Field(None, description="Model file cache (default "
                                                       "$XDG_CACHE_HOME/avatar-service/models).")
     model_face_detector: str | None = None

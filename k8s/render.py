@@ -40,6 +40,7 @@ spec:
                 - {{name: AVATAR_PUBLIC_URL, value: "https://avatars.example.com"}}
                 - name: AVATAR_SIGNING_SECRET
                   valueFrom: {{secretKeyRef: {{name: avatar-signing, key: secret}}}}
+{ray_env}
               ports:
                 - {{containerPort: 6379, name: gcs}}
                 - {{containerPort: 8265, name: dashboard}}
@@ -66,7 +67,8 @@ spec:
         replicas: 1
         minReplicas: 1
         maxReplicas: 4
-        rayStartParams: {{}}
+        rayStartParams:   # style training budgets of each node (training/gate.py): memory in MB, CPUs
+          resources: '"{{\\"avatar_training_mb\\": 8192, \\"avatar_training_cpu\\": 6}}"'
         template:
           spec:
             containers:
@@ -79,17 +81,28 @@ spec:
 {worker_env}
 """
 
+# Environment of every Ray pod: Ray's token authentication (its ports listen on every interface), the guard of
+# Serve's HTTP proxy (body caps, read timeouts: service/proxy_guard.py) and a malloc arena cap.
+RAY_ENV = """\
+  - {name: RAY_AUTH_MODE, value: token}
+  - name: RAY_AUTH_TOKEN
+    valueFrom: {secretKeyRef: {name: avatar-ray-auth, key: token}}
+  - {name: RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH, value: "service.proxy_guard:proxy_middlewares"}
+  - {name: MALLOC_ARENA_MAX, value: "2"}"""
+
 # Environment of every worker pod: where outputs go and the key that signs their URLs.
 WORKER_ENV = """\
                   - {name: AVATAR_STORAGE_URI, value: "s3://avatars-prod/outputs"}
                   - name: AVATAR_SIGNING_SECRET
-                    valueFrom: {secretKeyRef: {name: avatar-signing, key: secret}}"""
+                    valueFrom: {secretKeyRef: {name: avatar-signing, key: secret}}
+""" + "\n".join(" " * 16 + line for line in RAY_ENV.splitlines())
 
 
 def render(image: str = "avatar-service:0.1.0") -> str:
     config = (ROOT / "serve_config.yaml").read_text()
     body = "\n".join(("    " + line) if line.strip() else "" for line in config.splitlines())
-    return TEMPLATE.format(serve_config=body, image=image, worker_env=WORKER_ENV)
+    ray_env = "\n".join(" " * 14 + line for line in RAY_ENV.splitlines())
+    return TEMPLATE.format(serve_config=body, image=image, worker_env=WORKER_ENV, ray_env=ray_env)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ starts, and the CPU profile for machines without a GPU. The ingress's own `user_
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ class StylesConfig(BaseModel):
 
     training: dict[str, Any] = Field(default_factory=dict, description="trainer defaults for jobs started over HTTP")
     max_upload_bytes: int = Field(200 * 2**20, gt=0, description="whole multipart upload of examples")
+    max_running_jobs: int = Field(1, ge=1, description="training jobs one account runs at once")
+    max_queued_jobs: int = Field(2, ge=0, description="further jobs one account may have waiting (429 beyond)")
     images_uri_prefixes: list[str] = Field(default_factory=list,
                                            description="where JSON images_uri may point; {account} expands")
 
@@ -86,15 +89,27 @@ def app_config(config: dict[str, Any], name: str = "avatar") -> dict[str, Any]:
     raise KeyError(f"no application {name!r} in the serve config")
 
 
-def apply_cpu_profile(config: dict[str, Any], cpus_per_replica: float = 0.1) -> dict[str, Any]:
-    """A copy with no GPU asks and small CPU asks, so every replica (and autoscaled ones) fits a small CPU machine."""
+def apply_cpu_profile(config: dict[str, Any], cpus_per_replica: float = 0.1, node_cpus: float | None = None
+                      ) -> dict[str, Any]:
+    """A copy with no GPU asks and small CPU asks, so every replica fits a small CPU machine, and autoscaling ceilings
+    that fit the node: one replica per deployment for each 2 cores (more replicas of CPU-bound stages than cores
+    add queueing, not throughput, and would wait for CPU that never frees)."""
     config = copy.deepcopy(config)
+    ceiling = max(1, int((node_cpus or os.cpu_count() or 2) // 2))
     for app in config["applications"]:
         for dep in app.get("deployments", []):
             actor = dict(dep.get("ray_actor_options") or {})
             actor["num_gpus"] = 0
             actor["num_cpus"] = cpus_per_replica
             dep["ray_actor_options"] = actor
+            scaling = dep.get("autoscaling_config")
+            if scaling:
+                top = min(int(scaling.get("max_replicas", ceiling)), ceiling)
+                dep["autoscaling_config"] = {**scaling, "max_replicas": top,
+                                             "min_replicas": min(int(scaling.get("min_replicas", 1)), top)}
+                dep["autoscaling_config"].pop("initial_replicas", None)
+            elif "num_replicas" in dep:
+                dep["num_replicas"] = min(int(dep["num_replicas"]), ceiling)
     return config
 
 

@@ -71,8 +71,10 @@ class Ingress:
         return call
 
     def style_jobs(self):
-        from training.jobs import StyleJobs
-        return StyleJobs(self.storage.uri, self.auth.uri, **self.config.styles.training)
+        from training.jobs import JobLimits, StyleJobs
+        styles = self.config.styles
+        return StyleJobs(self.storage.uri, self.auth.uri, JobLimits(styles.max_running_jobs, styles.max_queued_jobs),
+                         **styles.training)
 
     # ------------------------------------------------------------ answers
     def base_url(self, request: Request) -> str:

@@ -7,22 +7,58 @@ import signal
 import threading
 from typing import Any
 
-from service.config import (CONFIG_PATH, app_config, apply_cpu_profile, check_user_configs, deployment_options,
-                            load_config)
+from pathlib import Path
+
+from avatar.settings import shared_secret_file
+from service.config import (CONFIG_PATH, INGRESS, app_config, apply_cpu_profile, check_user_configs,
+                            deployment_options, ingress_config, load_config)
+from service.proxy_guard import CALLBACK, CALLBACK_ENV
+from training.gate import node_resources
 
 
 def init_local_ray(num_cpus: int | None = None, temp_dir: str | None = None, dashboard: bool = False,
-                   object_store_mb: int = 512) -> None:
-    """A local Ray of its own (never attaches to a cluster that happens to run), sized for a small machine."""
+                   object_store_mb: int = 512, config_path: str = str(CONFIG_PATH)) -> None:
+    """A local Ray of its own (never attaches to a cluster that happens to run), sized for a small machine.
+
+    Ray's GCS, raylet and worker ports listen on every interface in Ray 2.60 whatever the node address, so the
+    embedded service keeps Ray's token authentication on (a token generated once per user, 0600) and advertises the
+    node on loopback; the dashboard, when asked for, binds to 127.0.0.1. The environment set here is inherited by
+    every Ray process of the node: the Serve proxy's guard (`service.proxy_guard`) with body caps from the config, and
+    a malloc arena cap so replicas give memory back after large inputs."""
     import ray
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    for key, value in ray_environment(config_path).items():
+        os.environ.setdefault(key, value)
     kwargs: dict[str, Any] = {"address": "local", "include_dashboard": dashboard, "log_to_driver": False,
-                              "object_store_memory": object_store_mb * 2**20}
+                              "object_store_memory": object_store_mb * 2**20, "_node_ip_address": "127.0.0.1",
+                              "resources": node_resources(num_cpus)}
+    if dashboard:
+        kwargs["dashboard_host"] = "127.0.0.1"
     if num_cpus:
         kwargs["num_cpus"] = num_cpus
     if temp_dir:
         kwargs["_temp_dir"] = temp_dir
     ray.init(**kwargs)
+
+
+def ray_environment(config_path: str = str(CONFIG_PATH)) -> dict[str, str]:
+    """Environment of the embedded Ray's processes (each key only where the caller has not set it)."""
+    env = {"RAY_AUTH_MODE": "token", CALLBACK_ENV: CALLBACK, "MALLOC_ARENA_MAX": "2"}
+    if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        env["RAY_AUTH_TOKEN_PATH"] = str(ray_token_path())
+    ingress = ingress_config(next((d.get("user_config") for d in app_config(load_config(config_path))["deployments"]
+                                   if d["name"] == INGRESS), None))
+    env["AVATAR_PROXY_MAX_BODY_BYTES"] = str(ingress.max_body_bytes + 2**20)           # + multipart framing
+    env["AVATAR_PROXY_MAX_UPLOAD_BYTES"] = str(ingress.styles.max_upload_bytes + 2**20)
+    return env
+
+
+def ray_token_path() -> Path:
+    """The embedded Ray's auth token: generated once per user (atomically, 0600), the same for every local cluster
+    this user starts, so concurrent starts never disagree."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "avatar-service"
+    path = base / "ray_auth_token"
+    shared_secret_file(path)
+    return path
 
 
 def resolve_profile(profile: str) -> str:
@@ -41,13 +77,22 @@ def deploy(profile: str = "auto", config_path: str = str(CONFIG_PATH), host: str
     config = load_config(config_path)
     profile = resolve_profile(profile)
     if profile == "cpu":
-        config = apply_cpu_profile(config, cpus_per_replica)
+        import ray
+        node_cpus = ray.cluster_resources().get("CPU") if ray.is_initialized() else None
+        config = apply_cpu_profile(config, cpus_per_replica, node_cpus)
     options = deployment_options(app_config(config), overrides)
     check_user_configs({"deployments": [{"name": n, "user_config": o.get("user_config")} for n, o in options.items()]})
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options=http_options(config, host, port))
     app = build_app(options)
     serve.run(app, name="avatar", route_prefix="/")
     return profile
+
+
+def http_options(config: dict[str, Any], host: str, port: int) -> dict[str, Any]:
+    """The config's `http_options` (request_timeout_s, keep_alive_timeout_s, ...) on the given host and port."""
+    options = dict(config.get("http_options") or {})
+    options.update(host=host, port=port)
+    return options
 
 
 def serve_forever(host: str, port: int, profile: str, config_path: str, dashboard: bool) -> None:
@@ -55,7 +100,7 @@ def serve_forever(host: str, port: int, profile: str, config_path: str, dashboar
     import ray
     from ray import serve
     stop = threading.Event()
-    init_local_ray(dashboard=dashboard)
+    init_local_ray(dashboard=dashboard, config_path=config_path)
     for sig in (signal.SIGINT, signal.SIGTERM):   # Ray replaces the default handlers; ours must win
         signal.signal(sig, lambda *_: stop.set())
     used = deploy(profile, config_path, host, port)

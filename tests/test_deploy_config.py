@@ -46,6 +46,22 @@ def test_cpu_profile_removes_gpu_asks_without_touching_the_file():
     assert opts["FaceDetect"]["user_config"]["min_face_coverage"] == 0.15
 
 
+def test_cpu_profile_caps_autoscaling_to_fit_the_node():
+    config = load_config()
+    for cpus, ceiling in ((2, 1), (8, 4)):
+        deployments = app_config(apply_cpu_profile(config, 0.1, node_cpus=cpus))["deployments"]
+        for dep in deployments:
+            scaling = dep["autoscaling_config"]
+            assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"] <= ceiling, (cpus, dep["name"], scaling)
+        assert sum(d["autoscaling_config"]["max_replicas"] * d["ray_actor_options"]["num_cpus"]
+                   for d in deployments) <= cpus   # every replica autoscaling may ask for can be placed
+
+
+def test_every_stage_queue_is_bounded():
+    for dep in app_config(load_config())["deployments"]:
+        assert 0 < dep["max_queued_requests"] <= 64, dep["name"]
+
+
 def test_graph_binds_the_ingress_over_all_stages():
     from service.graph import build_app
     app = build_app({"StyleApply": {"user_config": {"engine": {"name": "cpu"}}}})

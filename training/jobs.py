@@ -4,6 +4,11 @@ A job is a detached Ray actor (0 CPU) that drives its trainer's `run_training`, 
 that started it; the training workers take the CPUs. Its state is the job record (`training.records`), so any replica
 can answer status queries without talking to the job.
 
+Admission (`training.gate`): an account may have `max_running` jobs running and `max_queued` more waiting (429
+beyond); a job's driver asks for its share of the node's training memory and CPU budgets, so it stays `queued`
+(pending in Ray: no process at all) until a node has room. Cancelling asks the Train controller to abort (it stops
+its workers, placement group and cleaner), then removes whatever of the job is still alive.
+
 Status queries need neither Ray nor torch: the trainers (`training.trainers`, which import torch) are imported when a
 job is submitted or run, and Ray when one is launched or cancelled.
 """
@@ -11,15 +16,26 @@ job is submitted or run, and Ray when one is launched or cancelled.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-from avatar.errors import NotFound
+from avatar.errors import NotFound, TooManyRequests
 from avatar.store.storage import Storage
 from training.dataset import load_examples
-from training.records import (ACTIVE_STATES, CANCELLED, QUEUED, JobStatus, ProgressWriter, job_id_of, new_job_id,
-                              record_key, records_prefix, uploads_prefix)
+from training.gate import check_fits, job_resources
+from training.records import (ACTIVE_STATES, CANCELLED, QUEUED, RUNNING, JobStatus, ProgressWriter, job_id_of,
+                              new_job_id, record_key, records_prefix, uploads_prefix)
 
 NAMESPACE = "avatar-style-jobs"
+CANCEL_GRACE_S = 20.0
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """Per account: jobs running at once, and jobs waiting beyond those."""
+
+    max_running: int = 1
+    max_queued: int = 2
 
 
 class StyleJobs:
@@ -28,9 +44,11 @@ class StyleJobs:
     `storage_uri` must be readable by the cluster's nodes (a shared path or an object store URI).
     """
 
-    def __init__(self, storage_uri: str, accounts_uri: str | None = None, **defaults: Any) -> None:
+    def __init__(self, storage_uri: str, accounts_uri: str | None = None, limits: JobLimits | None = None,
+                 **defaults: Any) -> None:
         self.storage_uri, self.accounts_uri = storage_uri, accounts_uri
         self.storage = Storage(storage_uri)
+        self.limits = limits or JobLimits()
         self.defaults = defaults     # config fields applied to every job (epochs, num_workers, engine, ...)
 
     def submit(self, account_id: str, images: str, **options: Any) -> JobStatus:
@@ -45,15 +63,30 @@ class StyleJobs:
         other = set().union(*(t.field_names() for t in TRAINERS.values())) - trainer.field_names()
         defaults = {k: v for k, v in self.defaults.items() if k != "engine" and k not in other}
         cfg = trainer.config(account_id=account_id, images=images, storage_uri=self.storage_uri,
-                             accounts_uri=self.accounts_uri, **{**defaults, **options})
+                             accounts_uri=self.accounts_uri, account_max_running=self.limits.max_running,
+                             **{**defaults, **options})
+        self._check_account(account_id)
         examples = load_examples(images, size=trainer.precheck_size or cfg.image_size, min_count=cfg.min_images,
                                  max_count=cfg.max_images)
         if trainer.precheck:
             trainer.precheck(cfg)
+        cluster = _cluster_resources()
+        check_fits(cfg, cluster)
         status = ProgressWriter(self.storage_uri, account_id, cfg.job_id).update(
             state=QUEUED, token_id=cfg.token_id, epochs=cfg.epochs, examples=len(examples.names))
-        _launch(cfg)
+        _launch(cfg, job_resources(cfg, cluster))
         return status
+
+    def _check_account(self, account_id: str) -> None:
+        """429 when the account already has as many jobs running and waiting as it may."""
+        active = [j for j in self.list(account_id) if j.state in ACTIVE_STATES]
+        allowed = self.limits.max_running + self.limits.max_queued
+        if len(active) >= allowed:
+            running = sum(j.state == RUNNING for j in active)
+            raise TooManyRequests(f"the account has {running} training jobs running and {len(active) - running} "
+                                  f"queued; at most {self.limits.max_running} run and {self.limits.max_queued} wait "
+                                  "at once: retry when one finishes, or cancel one", field="images",
+                                  code="too_many_jobs", extra={"retry_after_s": 30})
 
     def submit_upload(self, account_id: str, files: Mapping[str, bytes], **options: Any) -> JobStatus:
         """Uploaded example files (name -> bytes): validated in memory first, then stored and trained on."""
@@ -90,7 +123,7 @@ class StyleJobs:
             return False
         if status.state in ACTIVE_STATES:
             ProgressWriter(self.storage_uri, account_id, job_id).update(state=CANCELLED)
-            _cancel(job_id)
+            cancel(job_id)
         self.storage.delete(record_key(account_id, job_id))
         for key in self.storage.list(uploads_prefix(account_id, job_id)):
             self.storage.delete(key)
@@ -118,21 +151,45 @@ def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in base) or "image"
 
 
-def _launch(cfg: Any) -> None:
+def _cluster_resources() -> dict[str, float]:
     import ray
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
-    actor = _JobDriver.options(name=cfg.job_id, namespace=NAMESPACE, lifetime="detached",
-                               num_cpus=0).remote()
+    return ray.cluster_resources()
+
+
+def _launch(cfg: Any, resources: dict[str, float]) -> None:
+    """The job's driver: pending in Ray (no process) until a node has the job's share of the training budgets."""
+    actor = _JobDriver.options(name=cfg.job_id, namespace=NAMESPACE, lifetime="detached", num_cpus=0,
+                               resources=resources).remote()
     actor.run.remote(cfg)
 
 
-def _cancel(job_id: str) -> None:
+def cancel(job_id: str, grace_s: float = CANCEL_GRACE_S) -> list[str]:
+    """Stop the job and everything it started; returns the ids of the actors that were alive. The record must say
+    `cancelled` (or be gone) first: the Train controller then aborts the run itself (`runner.cancel_watch`). What is
+    left after `grace_s` (a driver stuck outside the run, helpers of a controller that died) is killed."""
     import ray
+    from training.gate import alive, descendants, kill_processes
     try:
-        ray.kill(ray.get_actor(job_id, namespace=NAMESPACE), no_restart=True)
+        driver = ray.get_actor(job_id, namespace=NAMESPACE)
     except ValueError:
-        pass   # already finished
+        return []   # already finished
+    root = driver._actor_id.hex()   # noqa: SLF001 - links the actor table's owners
+    tree = [a for a in descendants(root) if a["State"] != "DEAD"]
+    ids = [root, *(a["ActorID"] for a in tree)]
+    deadline = time.time() + (grace_s if tree else 0.0)
+    while alive(ids) and time.time() < deadline:
+        time.sleep(0.25)
+        tree += [a for a in descendants(root) if a["State"] != "DEAD" and a["ActorID"] not in ids]
+        ids = [root, *(a["ActorID"] for a in tree)]
+    if root in alive([root]):
+        ray.kill(driver, no_restart=True)
+    time.sleep(0.5)   # the driver's own actors die with it; detached helpers do not
+    left = [a for a in descendants(root) if a["State"] != "DEAD"]
+    if left:
+        kill_processes(left)
+    return ids + [a["ActorID"] for a in left if a["ActorID"] not in ids]
 
 
 def _job_driver_cls() -> Any:

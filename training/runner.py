@@ -33,7 +33,8 @@ from avatar.settings import settings
 from avatar.store.storage import Storage
 from avatar.tokens import new_token_id
 from training.dataset import MAX_IMAGES, MIN_IMAGES, ExampleSet, load_examples
-from training.records import FAILED, RUNNING, SUCCEEDED, ProgressWriter, new_job_id
+from training.records import (CANCELLED, FAILED, RUNNING, SUCCEEDED, ProgressWriter, job_id_of, new_job_id,
+                              records_prefix)
 
 STATE_FILE = "state.pt"
 
@@ -68,6 +69,8 @@ class StyleJobConfig:
     min_images: int = MIN_IMAGES
     max_images: int = MAX_IMAGES
     seed: int = 0
+    account_max_running: int = 0              # jobs of the account that may run at once (0: no limit); the job
+                                              # stays queued while the account has that many running
     fail_once_at_epoch: int | None = None     # fault drill: rank 0 raises once at this epoch (needs fail_flag)
     fail_flag: str | None = None              # file created when the drill fires, so the retry passes
 
@@ -175,6 +178,38 @@ def check_resources(cfg: StyleJobConfig) -> None:
                                    f"{total.get('GPU', 0):g} GPUs")
 
 
+class JobCancelled(AvatarError):
+    status, code = 409, "job_cancelled"
+
+
+def wait_for_turn(cfg: StyleJobConfig, progress: ProgressWriter, poll_s: float = 1.0) -> bool:
+    """Stay `queued` until the workers' CPUs are free (Serve replicas and other jobs share the node) and the account
+    runs fewer than `account_max_running` jobs; False when the job was cancelled meanwhile."""
+    import ray
+    need = cfg.num_workers * cfg.cpus_per_worker
+    while True:
+        status = progress.read()
+        if status is not None and status.state == CANCELLED:
+            return False
+        cpu_free = ray.available_resources().get("CPU", 0.0) + 1e-9 >= need
+        if cpu_free and _account_has_room(cfg):
+            return True
+        time.sleep(poll_s)
+
+
+def _account_has_room(cfg: StyleJobConfig) -> bool:
+    if cfg.account_max_running <= 0:
+        return True
+    storage = Storage(cfg.storage_uri)
+    prefix = records_prefix(cfg.account_id)
+    running = 0
+    for key in storage.list(prefix) if prefix else []:
+        other = ProgressWriter(cfg.storage_uri, cfg.account_id, job_id_of(key)).read()
+        if other is not None and other.job_id != cfg.job_id and other.state == RUNNING:
+            running += 1
+    return running < cfg.account_max_running
+
+
 def ensure_ray() -> None:
     import ray
     if not ray.is_initialized():
@@ -202,6 +237,8 @@ def run_job(cfg: StyleJobConfig, examples: ExampleSet | None,
         checked = before_fit() if before_fit else None
         ensure_ray()
         check_resources(cfg)
+        if not wait_for_turn(cfg, progress):
+            raise JobCancelled("the job was cancelled while queued")
         progress.update(create=True, state=RUNNING, epoch=0, epochs=cfg.epochs, examples=len(examples.names),
                         token_id=cfg.token_id)
         manifest, metrics = train(examples, accounts, checked)
@@ -231,7 +268,8 @@ def fit(cfg: StyleJobConfig, loop: Callable[[dict[str, Any]], None], examples: E
                                                            **({"GPU": 1} if cfg.use_gpu else {})}),
         run_config=RunConfig(name=cfg.run_name, storage_path=cfg.checkpoint_root(),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=[cancel_watch(cfg)]),
     )
     try:
         result = trainer.fit()
@@ -243,6 +281,36 @@ def fit(cfg: StyleJobConfig, loop: Callable[[dict[str, Any]], None], examples: E
         state = torch.load(Path(d) / STATE_FILE, weights_only=False)
     remove_run(cfg)
     return state, {k: float(v) for k, v in (result.metrics or {}).items()}
+
+
+def cancel_watch(cfg: StyleJobConfig, poll_s: float = 0.5) -> Any:
+    """A Train controller callback: when the job's record turns `cancelled`, the controller aborts the run itself,
+    which stops its workers, removes its placement group and stops Train's placement-group cleaner. (Killing the
+    controller instead leaves the cleaner running for good: it watches the controller through Ray's state API,
+    which needs the dashboard.)"""
+    from ray.train.v2._internal.execution.callback import ControllerCallback
+
+    class CancelWatch(ControllerCallback):
+        def __init__(self, storage_uri: str, account_id: str, job_id: str) -> None:
+            self.args = (storage_uri, account_id, job_id)
+
+        def after_controller_start(self, train_run_context: Any) -> None:
+            import threading
+
+            import ray
+            controller = ray.get_runtime_context().current_actor
+            progress = ProgressWriter(*self.args)
+
+            def watch() -> None:
+                while True:
+                    status = progress.read()
+                    if status is None or status.state == CANCELLED:
+                        controller.abort.remote()
+                        return
+                    time.sleep(poll_s)
+            threading.Thread(target=watch, name="cancel-watch", daemon=True).start()
+
+    return CancelWatch(cfg.storage_uri, cfg.account_id, cfg.job_id)
 
 
 def remove_run(cfg: StyleJobConfig) -> None:
