@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -28,6 +29,9 @@ def init_local_ray(num_cpus: int | None = None, temp_dir: str | None = None, das
     import ray
     for key, value in ray_environment(config_path).items():
         os.environ.setdefault(key, value)
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        logging.getLogger("avatar.launcher").warning(
+            "RAY_AUTH_MODE=disabled: Ray's ports accept anyone who can reach this machine")
     kwargs: dict[str, Any] = {"address": "local", "include_dashboard": dashboard, "log_to_driver": False,
                               "object_store_memory": object_store_mb * 2**20, "_node_ip_address": "127.0.0.1",
                               "resources": node_resources(num_cpus)}
@@ -42,7 +46,9 @@ def init_local_ray(num_cpus: int | None = None, temp_dir: str | None = None, das
 
 def ray_environment(config_path: str = str(CONFIG_PATH)) -> dict[str, str]:
     """Environment of the embedded Ray's processes (each key only where the caller has not set it)."""
-    env = {"RAY_AUTH_MODE": "token", CALLBACK_ENV: CALLBACK, "MALLOC_ARENA_MAX": "2"}
+    # RAY_AUTH_MODE stays unset: Ray then turns token authentication on for a new local cluster (and refreshes its
+    # own configuration, which setting the variable here would not); an explicit RAY_AUTH_MODE=disabled is obeyed.
+    env = {CALLBACK_ENV: CALLBACK, "MALLOC_ARENA_MAX": "2"}
     if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
         env["RAY_AUTH_TOKEN_PATH"] = str(ray_token_path())
     ingress = ingress_config(next((d.get("user_config") for d in app_config(load_config(config_path))["deployments"]

@@ -291,15 +291,15 @@ def guarded_protocol(limits: ProxyLimits) -> type:
                 self.transport.close()
 
         def data_received(self, data: bytes) -> None:
-            if self._header_timer is not None:
+            in_headers = self._header_timer is not None
+            super().data_received(data)
+            if in_headers and self._header_timer is not None:   # the head is still incomplete after this data
                 self._header_bytes += len(data)
-                if self._header_bytes > limits.max_header_bytes:
+                if self._header_bytes > limits.max_header_bytes and not self.transport.is_closing():
                     self._disarm()
                     self.transport.write(_raw_answer(431, "Request Header Fields Too Large", "headers_too_large",
                                                      f"request headers exceed {limits.max_header_bytes} bytes"))
                     self.transport.close()
-                    return
-            super().data_received(data)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

@@ -1,0 +1,272 @@
+"""The proxy guard on a plain uvicorn server (the server Serve's proxy runs): bodies cut at the cap whatever the
+framing, header and body deadlines, a connection cap, slow clients kept away from the app, and JSON for every error
+answer. Raw sockets, small limits; every test is bounded in time. The same guard through a real Serve proxy is
+exercised by tests/test_hardening_service.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+
+from service import proxy_guard
+from service.proxy_guard import BodyGuard, ProxyLimits
+
+pytestmark = pytest.mark.timeout(90)
+
+LIMITS = ProxyLimits(max_body_bytes=1 * 2**20, max_upload_bytes=2 * 2**20, max_buffered_bytes=8 * 2**20,
+                     header_timeout_s=1.0, body_timeout_s=3.0, body_idle_s=1.0, max_connections=40)
+
+
+class Inner:
+    """Stands in for Serve's proxy app: answers the body's length; counts requests that reached it."""
+
+    def __init__(self) -> None:
+        self.active = self.peak = self.seen = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.active += 1
+        self.seen += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            body = b""
+            while True:
+                msg = await receive()
+                body += msg.get("body", b"")
+                if not msg.get("more_body"):
+                    break
+            if scope["path"] == "/plain-error":
+                await send({"type": "http.response.start", "status": 500,
+                            "headers": [(b"content-type", b"text/plain")]})
+                await send({"type": "http.response.body", "body": b"Internal Server Error"})
+                return
+            if scope["path"] == "/no-answer":
+                return   # what the proxy does when the ingress replica died mid-request
+            if scope["path"] == "/slow":
+                await asyncio.sleep(0.5)
+            payload = json.dumps({"bytes": len(body)}).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+        finally:
+            self.active -= 1
+
+
+@pytest.fixture()
+def server(monkeypatch):
+    import uvicorn.config
+    monkeypatch.setitem(uvicorn.config.HTTP_PROTOCOLS, "auto", uvicorn.config.HTTP_PROTOCOLS["auto"])
+    proxy_guard.install_protocol(LIMITS)
+    inner = Inner()
+    sock = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(BodyGuard(inner, LIMITS), log_level="critical", lifespan="off", access_log=False)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    inner.port = sock.getsockname()[1]
+    yield inner
+    srv.should_exit = True
+    thread.join(5)
+
+
+def _connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    return s
+
+
+def _read_answer(s: socket.socket, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        need = int(headers.get("content-length", 0))
+        while len(body) < need:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return int(lines[0].split()[1]), headers, body
+    except (ConnectionError, TimeoutError, IndexError, ValueError):
+        return 0, {}, data
+
+
+def _closed(s: socket.socket, timeout: float = 5) -> bool:
+    s.settimeout(timeout)
+    try:
+        while True:
+            if not s.recv(65536):
+                return True
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def _stream_chunked(port: int, path: str, total: int) -> tuple[int, int, dict]:
+    """Send up to `total` bytes as a chunked body; returns (bytes the server took before cutting, status, body)."""
+    s = _connect(port)
+    s.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+              "transfer-encoding: chunked\r\n\r\n".encode())
+    piece = b"x" * 65536
+    frame = b"%x\r\n" % len(piece) + piece + b"\r\n"
+    sent = 0
+    s.settimeout(5)
+    try:
+        while sent < total:
+            s.sendall(frame)
+            sent += len(piece)
+        s.sendall(b"0\r\n\r\n")
+    except (ConnectionError, TimeoutError):
+        pass
+    status, headers, body = _read_answer(s)
+    s.close()
+    return sent, status, json.loads(body) if body else {}
+
+
+def test_a_chunked_body_is_cut_at_the_cap(server):
+    sent, status, body = _stream_chunked(server.port, "/v1/avatar/generate", 300 * 2**20)
+    assert status == 413 and body["error"]["code"] == "payload_too_large"
+    # what got in before the cut: the cap plus socket buffers, not the 300 MiB the client meant to send
+    assert sent < LIMITS.max_body_bytes + 8 * 2**20, f"{sent / 2**20:.1f} MiB accepted"
+    assert server.seen == 0   # the app never saw it
+
+
+def test_the_upload_route_has_its_own_cap(server):
+    sent, status, _ = _stream_chunked(server.port, "/v1/styles", int(1.5 * 2**20))
+    assert status == 200
+    _, status, _ = _stream_chunked(server.port, "/v1/styles", 40 * 2**20)
+    assert status == 413
+
+
+def test_a_declared_length_over_the_cap_is_refused_before_reading(server):
+    s = _connect(server.port)
+    s.sendall(b"POST /v1/avatar/generate HTTP/1.1\r\nhost: x\r\ncontent-length: 314572800\r\n\r\n")
+    status, headers, body = _read_answer(s)
+    assert status == 413 and headers.get("connection") == "close"
+    assert json.loads(body)["error"]["code"] == "payload_too_large"
+    assert _closed(s)
+
+
+def test_slow_or_silent_headers_are_cut_at_the_deadline(server):
+    silent, slow = _connect(server.port), _connect(server.port)
+    started = time.monotonic()
+    slow.sendall(b"POST /v1/avatar/generate HTTP/1.1\r\n")
+    for _ in range(3):
+        time.sleep(0.4)
+        try:
+            slow.sendall(b"x-drip: 1\r\n")
+        except ConnectionError:
+            break
+    status, _, body = _read_answer(slow)
+    assert status == 408 and json.loads(body)["error"]["code"] == "header_timeout"
+    assert _closed(silent) and time.monotonic() - started < LIMITS.header_timeout_s + 3
+
+
+def test_a_stalled_body_is_cut(server):
+    s = _connect(server.port)
+    s.sendall(b"POST /v1/avatar/generate HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"a\":")
+    started = time.monotonic()
+    status, _, body = _read_answer(s)
+    assert status == 408 and json.loads(body)["error"]["code"] == "body_timeout"
+    assert time.monotonic() - started < LIMITS.body_idle_s + 2 and server.seen == 0
+
+
+def test_slow_clients_do_not_hold_the_service(server):
+    """15 slow-header and 15 slow-body connections at once: a normal request is served at once, and none of the slow
+    ones ever reaches the app."""
+    stop = threading.Event()
+
+    def slow_body() -> None:
+        s = _connect(server.port)
+        try:
+            s.sendall(b"POST /v1/avatar/generate HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n")
+            while not stop.wait(0.5):
+                s.sendall(b"x")
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    def slow_header() -> None:
+        s = _connect(server.port)
+        try:
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")
+            while not stop.wait(0.5):
+                s.sendall(b"x-a: b\r\n")
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=f, daemon=True) for f in [slow_body] * 15 + [slow_header] * 15]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        s = _connect(server.port)
+        started = time.monotonic()
+        s.sendall(b'POST /slow HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}')
+        status, _, body = _read_answer(s)
+        assert status == 200 and time.monotonic() - started < 2.0
+        assert server.seen == 1 and server.peak == 1   # only the normal request reached the app
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+
+
+def test_connections_past_the_cap_are_refused(server):
+    held = [_connect(server.port) for _ in range(LIMITS.max_connections)]
+    try:
+        time.sleep(0.2)
+        extra = _connect(server.port)
+        status, _, body = _read_answer(extra)
+        assert status == 503 and json.loads(body)["error"]["code"] == "overloaded"
+    finally:
+        for s in held:
+            s.close()
+
+
+@pytest.mark.parametrize("path", ["/plain-error", "/no-answer"])
+def test_the_proxys_own_failures_answer_json_with_retry_after(server, path):
+    s = _connect(server.port)
+    s.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+    status, headers, body = _read_answer(s)
+    assert status == 503 and headers.get("retry-after") and headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["code"] == "unavailable"
+
+
+def test_an_endless_head_is_cut(server):
+    s = _connect(server.port)
+    s.sendall(b"GET /healthz HTTP/1.1\r\n")
+    try:
+        for _ in range(40):
+            s.sendall(b"x-filler: " + b"a" * 4000 + b"\r\n")
+    except ConnectionError:
+        pass
+    status, _, body = _read_answer(s)
+    assert status == 431 and json.loads(body)["error"]["code"] == "headers_too_large"
+
+
+def test_a_malformed_request_answers_json(server):
+    s = _connect(server.port)
+    s.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+    status, headers, body = _read_answer(s)
+    assert status == 400 and json.loads(body)["error"]["code"] == "bad_request"
