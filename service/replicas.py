@@ -25,6 +25,7 @@ from avatar.store.fetch import fetch_image_async
 from avatar.settings import settings
 from avatar.store.storage import Storage
 from avatar.tokens import load_token, token_version
+from service import memory
 
 MAX_TOKENS_PER_REPLICA = settings().max_tokens_per_replica   # a baked 33^3 LUT is ~0.4 MB: 64 cost ~30 MB
 
@@ -56,7 +57,10 @@ class StageReplica:
 
     def _call(self, method: str, *args: Any) -> Any:
         with self._lock:
-            return getattr(self.stage, method)(*args)
+            try:
+                return getattr(self.stage, method)(*args)
+            finally:
+                memory.release()   # large inputs must not leave the replica at its peak RSS
 
     async def call(self, method: str, *args: Any) -> Any:
         """Runs `stage.<method>(*args)` in a worker thread, one at a time per replica."""

@@ -58,7 +58,8 @@ def check_fits(cfg: Any, cluster: dict[str, float]) -> None:
 # ---------------------------------------------------------------- what a job started, and stopping all of it
 def descendants(root_actor_id: str) -> list[dict[str, Any]]:
     """Every actor the actor `root_actor_id` started, directly or through the actors it started (the Train
-    controller, its workers, and detached helpers such as Train's placement-group cleaner), from the GCS actor table.
+    controller, its workers, and unnamed detached helpers such as Train's placement-group cleaner), from the GCS
+    actor table.
 
     Ray's public state API needs the dashboard, which the embedded service does not run, so this reads the GCS table
     through `ray._private.state` and follows owner addresses."""
@@ -67,6 +68,9 @@ def descendants(root_actor_id: str) -> list[dict[str, Any]]:
     by_address = {(a["Address"]["IPAddress"], a["Address"]["Port"]): a for a in table.values()}
     children: dict[str, list[dict[str, Any]]] = {}
     for actor in table.values():
+        if actor.get("Name") and actor.get("IsDetached"):
+            continue   # a named detached actor is a shared service (Ray Data's autoscaling coordinator, the
+            #            account turns), started by whichever job came first: not the job's own
         owner = by_address.get((actor["OwnerAddress"]["IPAddress"], actor["OwnerAddress"]["Port"]))
         if owner is not None and owner["ActorID"] != actor["ActorID"]:
             children.setdefault(owner["ActorID"], []).append(actor)
@@ -102,3 +106,43 @@ def kill_processes(actors: list[dict[str, Any]]) -> None:
     refs = [stop.options(scheduling_strategy=NodeAffinitySchedulingStrategy(a["Address"]["NodeID"], soft=False))
             .remote(int(a["Pid"])) for a in actors if a.get("Pid")]
     ray.get(refs, timeout=30)
+
+
+# ---------------------------------------------------------------- per-account turns
+TURNS_ACTOR = "account-turns"
+
+
+class AccountTurns:
+    """Which jobs of each account hold a running turn (a detached actor, one per cluster). A turn is taken
+    atomically here, so two drivers of one account that get their budgets at the same moment cannot both start;
+    turns of drivers that died are dropped when the next one asks."""
+
+    def __init__(self) -> None:
+        self.holders: dict[str, set[str]] = {}
+
+    def acquire(self, account_id: str, job_id: str, limit: int, namespace: str) -> bool:
+        held = self.holders.setdefault(account_id, set())
+        held.intersection_update({j for j in held if j == job_id or _driver_alive(j, namespace)})
+        if job_id in held or len(held) < limit:
+            held.add(job_id)
+            return True
+        return False
+
+    def release(self, account_id: str, job_id: str) -> None:
+        self.holders.get(account_id, set()).discard(job_id)
+
+
+def _driver_alive(job_id: str, namespace: str) -> bool:
+    import ray
+    try:
+        ray.get_actor(job_id, namespace=namespace)
+        return True
+    except ValueError:
+        return False
+
+
+def account_turns(namespace: str) -> Any:
+    """The cluster's AccountTurns actor (created on first use)."""
+    import ray
+    return ray.remote(num_cpus=0, max_restarts=-1)(AccountTurns).options(
+        name=TURNS_ACTOR, namespace=namespace, lifetime="detached", get_if_exists=True).remote()

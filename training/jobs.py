@@ -160,6 +160,8 @@ def _cluster_resources() -> dict[str, float]:
 
 def _launch(cfg: Any, resources: dict[str, float]) -> None:
     """The job's driver: pending in Ray (no process) until a node has the job's share of the training budgets."""
+    from training.gate import account_turns
+    account_turns(NAMESPACE)   # created here, so it belongs to no job
     actor = _JobDriver.options(name=cfg.job_id, namespace=NAMESPACE, lifetime="detached", num_cpus=0,
                                resources=resources).remote()
     actor.run.remote(cfg)
@@ -205,6 +207,9 @@ def _job_driver_cls() -> Any:
             except Exception:
                 pass
             finally:
+                if getattr(cfg, "account_max_running", 0) > 0:   # the account's running turn, if it held one
+                    from training.gate import account_turns
+                    ray.get(account_turns(NAMESPACE).release.remote(cfg.account_id, cfg.job_id))
                 ray.actor.exit_actor()
 
     return JobDriver

@@ -33,8 +33,7 @@ from avatar.settings import settings
 from avatar.store.storage import Storage
 from avatar.tokens import new_token_id
 from training.dataset import MAX_IMAGES, MIN_IMAGES, ExampleSet, load_examples
-from training.records import (CANCELLED, FAILED, RUNNING, SUCCEEDED, ProgressWriter, job_id_of, new_job_id,
-                              records_prefix)
+from training.records import CANCELLED, FAILED, RUNNING, SUCCEEDED, ProgressWriter, new_job_id
 
 STATE_FILE = "state.pt"
 
@@ -183,31 +182,36 @@ class JobCancelled(AvatarError):
 
 
 def wait_for_turn(cfg: StyleJobConfig, progress: ProgressWriter, poll_s: float = 1.0) -> bool:
-    """Stay `queued` until the workers' CPUs are free (Serve replicas and other jobs share the node) and the account
-    runs fewer than `account_max_running` jobs; False when the job was cancelled meanwhile."""
+    """Stay `queued` until the account holds fewer than `account_max_running` running turns (taken atomically, see
+    `training.gate.AccountTurns`) and the workers' CPUs are free (Serve replicas and other jobs share the node);
+    False when the job was cancelled meanwhile. Only for jobs started through `training.jobs` (a driver actor)."""
     import ray
+    from training.gate import account_turns
     need = cfg.num_workers * cfg.cpus_per_worker
+    turns = account_turns(_JOBS_NAMESPACE) if cfg.account_max_running > 0 and _in_job_driver(cfg) else None
     while True:
         status = progress.read()
         if status is not None and status.state == CANCELLED:
+            if turns is not None:
+                turns.release.remote(cfg.account_id, cfg.job_id)
             return False
-        cpu_free = ray.available_resources().get("CPU", 0.0) + 1e-9 >= need
-        if cpu_free and _account_has_room(cfg):
-            return True
+        if turns is None or ray.get(turns.acquire.remote(cfg.account_id, cfg.job_id, cfg.account_max_running,
+                                                         _JOBS_NAMESPACE)):
+            if ray.available_resources().get("CPU", 0.0) + 1e-9 >= need:
+                return True
         time.sleep(poll_s)
 
 
-def _account_has_room(cfg: StyleJobConfig) -> bool:
-    if cfg.account_max_running <= 0:
-        return True
-    storage = Storage(cfg.storage_uri)
-    prefix = records_prefix(cfg.account_id)
-    running = 0
-    for key in storage.list(prefix) if prefix else []:
-        other = ProgressWriter(cfg.storage_uri, cfg.account_id, job_id_of(key)).read()
-        if other is not None and other.job_id != cfg.job_id and other.state == RUNNING:
-            running += 1
-    return running < cfg.account_max_running
+_JOBS_NAMESPACE = "avatar-style-jobs"   # training.jobs.NAMESPACE (that module imports this one)
+
+
+def _in_job_driver(cfg: StyleJobConfig) -> bool:
+    """Whether this process is the job's driver actor (the CLI and tests also call `run_job` directly)."""
+    import ray
+    try:
+        return ray.get_runtime_context().get_actor_name() == cfg.job_id
+    except Exception:  # noqa: BLE001 - not in an actor
+        return False
 
 
 def ensure_ray() -> None:

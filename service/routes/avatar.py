@@ -13,6 +13,7 @@ from avatar.contracts import CheckRequest, CheckResponse, GenerateRequest, Gener
 from avatar.flow import orchestrator
 from avatar.job import AvatarJob, PhotoInput
 from avatar.vision.imageio import b64decode_image
+from service import memory
 from service.dependencies import Account, Ingress
 from service.errors import as_avatar_error, error_response
 from service.http import read_photo_payload
@@ -50,6 +51,7 @@ async def generate(request: Request, ingress: Ingress, account: Account) -> Gene
         return error_response(error, job.request_id)
     body = ingress.response(request, done, _ms(started))
     await asyncio.to_thread(ingress.telemetry.delivered, done, body.latency_ms)   # the row is on disk before the answer
+    memory.release()   # a large body must not leave the ingress at its peak RSS
     return body
 
 
@@ -74,6 +76,7 @@ async def check(request: Request, ingress: Ingress, account: Account) -> CheckRe
         ingress.telemetry.checked(error.code)
         return error_response(error, job.request_id)
     ingress.telemetry.checked("accepted" if report["accepted"] else "not_accepted")
+    memory.release()
     return CheckResponse(**report, platform=req.platform, request_id=job.request_id)
 
 

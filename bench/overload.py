@@ -1,0 +1,112 @@
+"""The embedded service driven past capacity: accepted throughput, latency of accepted requests, the share and
+latency of refusals, and the memory of the Serve processes before, at the peak and after the load.
+
+Starts the embedded service (local Ray, CPU profile, the shipped serve_config.yaml) unless `--url` points at a
+running one, warms it, then runs each `--clients` level for `--seconds`: every client sends generate requests back to
+back (a 512x512 portrait, 800 px output), and a refused one (503/429) waits its Retry-After before the next. Then it
+waits `--settle` seconds and measures memory again.
+
+Targets on 2 cores: refusals answered in < 100 ms, accepted p95 within the request deadline (60 s), memory back
+within 20% of idle after the load.
+
+    .venv/bin/python bench/overload.py [--clients 8,32,96] [--seconds 60] [--settle 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.latency import pct, photo_b64, replica_memory  # noqa: E402
+
+
+def drive(url: str, image: str, clients: int, seconds: float) -> dict:
+    """`clients` closed-loop clients for `seconds`; outcomes and latencies by kind."""
+    stop = time.monotonic() + seconds
+    accepted: list[float] = []
+    refused: list[float] = []
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+    peak = {"rss": 0.0}
+
+    def client(_: int) -> None:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                try:
+                    resp = http.post("/v1/avatar/generate", json={"image": image, "platform": "linkedin"})
+                    status = resp.status_code
+                except httpx.HTTPError:
+                    status = 0
+                ms = (time.perf_counter() - t0) * 1000
+                with lock:
+                    statuses[status] += 1
+                    (accepted if status == 200 else refused if status in (429, 503) else []).append(ms)
+                if status in (429, 503):
+                    time.sleep(float(resp.headers.get("retry-after", "1")))
+
+    def sample() -> None:
+        while time.monotonic() < stop:
+            peak["rss"] = max(peak["rss"], replica_memory()[0])
+            time.sleep(2)
+
+    started = time.perf_counter()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    wall = time.perf_counter() - started
+    sampler.join(5)
+    return {"clients": clients, "wall": wall, "accepted": accepted, "refused": refused, "statuses": statuses,
+            "peak_rss": peak["rss"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="a running service; default: start the embedded one")
+    parser.add_argument("--clients", default="8,32,96", help="concurrent clients per level")
+    parser.add_argument("--seconds", type=float, default=60.0, help="duration of each level")
+    parser.add_argument("--settle", type=float, default=60.0, help="idle time before the last memory reading")
+    args = parser.parse_args()
+
+    if not args.url:
+        os.environ.setdefault("AVATAR_DATA_DIR", tempfile.mkdtemp(prefix="avatar-bench-"))
+        from service.launcher import deploy, init_local_ray
+        init_local_ray(temp_dir=tempfile.mkdtemp(prefix="rb", dir="/tmp"))
+        deploy(profile="cpu", port=8124)
+        args.url = "http://127.0.0.1:8124"
+    image = photo_b64()
+    with httpx.Client(base_url=args.url, timeout=300) as http:
+        for _ in range(3):
+            http.post("/v1/avatar/generate", json={"image": image}).raise_for_status()   # warm every replica
+    time.sleep(5)
+    idle, _, count = replica_memory()
+    print(f"load average before: {os.getloadavg()[0]:.1f}; {count} Serve processes, idle RSS {idle:.2f} GiB")
+    print(f"{'clients':>7s} {'accepted/s':>10s} {'acc p50':>8s} {'acc p95':>8s} {'refused':>8s} "
+          f"{'ref p50':>8s} {'ref p95':>8s} {'peak RSS':>9s}  statuses")
+    for clients in (int(c) for c in args.clients.split(",")):
+        r = drive(args.url, image, clients, args.seconds)
+        total = len(r["accepted"]) + len(r["refused"])
+        share = len(r["refused"]) / total if total else 0.0
+        print(f"{clients:7d} {len(r['accepted']) / r['wall']:10.2f} {pct(r['accepted'], 50):7.0f}ms "
+              f"{pct(r['accepted'], 95):7.0f}ms {share:7.0%} {pct(r['refused'], 50):7.0f}ms "
+              f"{pct(r['refused'], 95):7.0f}ms {r['peak_rss']:8.2f}G  {dict(r['statuses'])}", flush=True)
+    time.sleep(args.settle)
+    after, _, _ = replica_memory()
+    print(f"memory after {args.settle:.0f} s idle: RSS {after:.2f} GiB ({(after / idle - 1):+.0%} against idle "
+          f"{idle:.2f} GiB); load average {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

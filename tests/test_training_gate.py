@@ -1,0 +1,116 @@
+"""Gated training jobs on a real local Ray: per-account limits (429), a job waits `queued` with no process until the
+node's training budget has room, and cancelling a running job leaves no actor of it alive (Train's detached
+placement-group cleaner included)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from avatar.errors import TooManyRequests
+from avatar.store.accounts import open_account_store
+from training.dataset import make_demo_examples
+
+pytestmark = pytest.mark.timeout(600)
+
+LONG = {"epochs": 50, "steps_per_epoch": 200, "max_failures": 0}
+
+
+@pytest.fixture(scope="module")
+def examples_dir() -> Path:
+    d = Path(tempfile.mkdtemp(prefix="gate-examples-"))
+    make_demo_examples(d, count=50, seed=3, size=200)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture()
+def env(tmp_path, ray_session):
+    accounts_uri = f"sqlite:///{tmp_path / 'accounts.sqlite3'}"
+    store = open_account_store(accounts_uri)
+    a, _ = store.create_account("A")
+    b, _ = store.create_account("B")
+    return {"storage": str(tmp_path / "storage"), "accounts": accounts_uri, "a": a, "b": b}
+
+
+def _actor_state(name: str) -> str | None:
+    from ray._private import state
+    from training.jobs import NAMESPACE
+    states = [a["State"] for a in state.actors().values() if a["Name"] == name and a.get("RayNamespace", NAMESPACE)]
+    return states[-1] if states else None
+
+
+def _wait(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_an_account_over_its_limits_gets_429(env, examples_dir):
+    from training.jobs import JobLimits, StyleJobs
+    jobs = StyleJobs(env["storage"], env["accounts"], JobLimits(max_running=1, max_queued=1),
+                     num_workers=1, cpus_per_worker=0.5, **LONG)
+    first = jobs.submit(env["a"], str(examples_dir))
+    second = jobs.submit(env["a"], str(examples_dir))
+    try:
+        with pytest.raises(TooManyRequests) as err:
+            jobs.submit(env["a"], str(examples_dir))
+        assert err.value.status == 429 and err.value.code == "too_many_jobs" and "1 run" in err.value.message
+        assert [j.job_id for j in jobs.list(env["a"])] == [first.job_id, second.job_id]   # nothing was started
+        # the account's second job waits while its first runs, though the node has room for both
+        _wait(lambda: jobs.status(env["a"], first.job_id).state == "running", 180, "the first job to run")
+        time.sleep(3)
+        assert jobs.status(env["a"], second.job_id).state == "queued"
+    finally:
+        jobs.delete(env["a"], first.job_id)
+        jobs.delete(env["a"], second.job_id)
+
+
+def test_a_job_stays_queued_without_a_process_until_the_budget_has_room(env, examples_dir):
+    from training.gate import alive, descendants
+    from training.jobs import NAMESPACE, StyleJobs
+    import ray
+    big = StyleJobs(env["storage"], env["accounts"], num_workers=2, cpus_per_worker=1.0, **LONG)
+    running = big.submit(env["a"], str(examples_dir))       # takes the node's whole training CPU budget
+    _wait(lambda: big.status(env["a"], running.job_id).epoch >= 1, 240, "the first job's first epoch")
+    waiting = big.submit(env["b"], str(examples_dir))
+    try:
+        time.sleep(5)
+        assert big.status(env["b"], waiting.job_id).state == "queued"
+        assert _actor_state(waiting.job_id) in ("PENDING_CREATION", "DEPENDENCIES_UNREADY"), \
+            _actor_state(waiting.job_id)   # no driver process, no Train controller while it waits
+
+        driver = ray.get_actor(running.job_id, namespace=NAMESPACE)
+        tree = descendants(driver._actor_id.hex())
+        classes = {a["ActorClassName"] for a in tree}
+        assert {"TrainController", "PlacementGroupCleaner"} <= classes, classes
+        ids = [driver._actor_id.hex(), *(a["ActorID"] for a in tree)]
+
+        big.delete(env["a"], running.job_id)
+        _wait(lambda: not alive(ids), 60, "every actor of the cancelled job to end")
+        assert big.status(env["a"], running.job_id) is None
+        # its budget is free again: the queued job starts
+        _wait(lambda: _actor_state(waiting.job_id) == "ALIVE", 120, "the queued job's driver to start")
+    finally:
+        big.delete(env["b"], waiting.job_id)
+        _wait(lambda: _actor_state(waiting.job_id) in (None, "DEAD"), 60, "the second job to end")
+    from ray._private import state
+    cleaners = [a for a in state.actors().values()
+                if a["ActorClassName"] == "PlacementGroupCleaner" and a["State"] != "DEAD"]
+    assert not cleaners, "a placement-group cleaner outlived its job"
+
+
+def test_a_job_bigger_than_the_budget_is_refused_at_submission(env, examples_dir):
+    from training.jobs import StyleJobs
+    from training.runner import ResourcesUnavailable
+    with pytest.raises(ResourcesUnavailable):
+        StyleJobs(env["storage"], env["accounts"], num_workers=2, cpus_per_worker=2.0, **LONG).submit(
+            env["a"], str(examples_dir))
