@@ -42,7 +42,8 @@ TEMPLATES = ("a portrait in the style of {}", "a photo of a person, {} style", "
 @dataclass
 class DiffusionTrainConfig(runner.StyleJobConfig):
     recipes: Any = "configs/diffusion.yaml"   # the recipe book the service uses (YAML path or dict)
-    base_style: str | None = None             # recipe whose base model the embedding is learnt on; default `custom`
+    base_style: str | None = None             # recipe whose base model the embedding is learnt on; default the
+                                              # book's `custom` (recorded as the token's base style)
     models_dir: str | None = None             # where relative model references live (as the engine's models_dir)
     local_files_only: bool = True
     init_word: str = "style"                  # the embedding starts from this word's embedding
@@ -77,7 +78,7 @@ def resolve_base(cfg: DiffusionTrainConfig) -> BaseModel:
     from avatar.engines.diffusion.engine import _family, _Loader, fingerprint
     from avatar.engines.diffusion.recipes import load_recipes
     book = load_recipes(cfg.recipes)
-    style = cfg.base_style or book.custom or next(iter(book.recipes))
+    style = cfg.base_style or book.fallback   # the SD 1.x recipe a book names `custom` (SDXL cannot be trained)
     if style not in book.recipes:
         raise InvalidRequest(f"no diffusion recipe {style!r}; recipes: {', '.join(book.recipes)}",
                              field="base_style", code="unknown_base_style")
