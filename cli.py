@@ -51,8 +51,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _accounts_uri() -> str:
-    from service.auth import accounts_uri
-    return accounts_uri()
+    from avatar.settings import settings
+    return settings().resolved_accounts_uri
 
 
 def _cmd_accounts(args: argparse.Namespace) -> int:
@@ -68,7 +68,7 @@ def _cmd_styles_train(args: argparse.Namespace) -> int:
     import os
     import threading
 
-    from avatar.settings import ServiceSettings
+    from avatar.settings import settings
     from service.launcher import init_local_ray
     from training.jobs import ProgressWriter
     if args.engine == "diffusion":
@@ -83,7 +83,7 @@ def _cmd_styles_train(args: argparse.Namespace) -> int:
     # book's custom style, 4 epochs)
     options = {"recipes": args.recipes, "base_style": args.base_style, "epochs": args.epochs}
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")   # progress reports every 0.2 s, not 2 s
-    cfg = Config(account_id=args.account, images=args.images, storage_uri=ServiceSettings().resolved_storage_uri,
+    cfg = Config(account_id=args.account, images=args.images, storage_uri=settings().resolved_storage_uri,
                  accounts_uri=_accounts_uri(), num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                  **{k: v for k, v in options.items() if v is not None})
     init_local_ray(num_cpus=max(int(args.workers * args.cpus_per_worker + 0.999), os.cpu_count() or 1))
@@ -117,11 +117,11 @@ def _cmd_styles_train(args: argparse.Namespace) -> int:
 
 def _cmd_styles_list(args: argparse.Namespace) -> int:
     from avatar.store.accounts import open_account_store
-    from avatar.settings import ServiceSettings
-    from service.style_apply import token_version
+    from avatar.settings import settings
+    from avatar.tokens import token_version
     from training.jobs import StyleJobs
     records = open_account_store(_accounts_uri()).list_styles(args.account)
-    jobs = StyleJobs(ServiceSettings().resolved_storage_uri).list(args.account)
+    jobs = StyleJobs(settings().resolved_storage_uri).list(args.account)
     ready = {r.token_id for r in records}
     print(json.dumps({
         "styles": [{"token_id": r.token_id, "version": token_version(r.manifest),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from avatar.errors import InvalidRequest
 from avatar.catalog.backgrounds import BACKGROUNDS
@@ -40,18 +41,21 @@ class GenerateRequest(BaseModel):
     resolution: Literal["standard", "high"] = Field("standard", description="standard: 800x800, high: 1200x1200.")
     style_intensity: float | None = Field(None, ge=0.0, le=1.0, description="0..1; default per style.")
 
+    _platform = field_validator("platform")(lambda cls, v: _known("platform", v, sorted(PLATFORMS)))
+    _palette = field_validator("palette")(lambda cls, v: _known("palette", v, PALETTES))
+    _background = field_validator("background")(lambda cls, v: _known("background", v, BACKGROUNDS))
+
+    @field_validator("style")
+    @classmethod
+    def _style(cls, style: str | None) -> str | None:
+        if style is not None and style not in BUILTIN_STYLES and not is_style_token(style):
+            raise PydanticCustomError("unknown_style", "unknown style '{value}'; allowed: {allowed} or a custom "
+                                      "style token (sty_...)", {"value": style, "allowed": ", ".join(BUILTIN_STYLES)})
+        return style
+
     @model_validator(mode="after")
     def _check(self) -> "GenerateRequest":
         _one_source(self)
-        if self.platform not in PLATFORMS:
-            raise ValueError(f"unknown platform {self.platform!r}; allowed: {', '.join(sorted(PLATFORMS))}")
-        if self.style is not None and self.style not in BUILTIN_STYLES and not is_style_token(self.style):
-            raise ValueError(f"unknown style {self.style!r}; allowed: {', '.join(BUILTIN_STYLES)} "
-                             "or a custom style token (sty_...)")
-        if self.palette is not None and self.palette not in PALETTES:
-            raise ValueError(f"unknown palette {self.palette!r}; allowed: {', '.join(PALETTES)}")
-        if self.background is not None and self.background not in BACKGROUNDS:
-            raise ValueError(f"unknown background {self.background!r}; allowed: {', '.join(BACKGROUNDS)}")
         return self
 
     @property
@@ -69,16 +73,40 @@ class GenerateRequest(BaseModel):
         return PLATFORMS[self.platform].size_for(self.resolution)
 
 
+def _known(name: str, value: str | None, allowed) -> str | None:
+    if value is not None and value not in allowed:
+        raise PydanticCustomError(f"unknown_{name}", "unknown {name} '{value}'; allowed: {allowed}",
+                                  {"name": name, "value": value, "allowed": ", ".join(allowed)})
+    return value
+
+
 def _one_source(req: "GenerateRequest | CheckRequest") -> None:
+    """Model-level rules; the error's context names the field it is about (a model error has no location)."""
     given = [name for name in ("image", "image_url", "input_id") if getattr(req, name) is not None]
     if len(given) != 1:
-        raise ValueError("exactly one of 'image', 'image_url' and 'input_id' is required")
+        raise PydanticCustomError("invalid_image", "exactly one of 'image', 'image_url' and 'input_id' is required",
+                                  {"field": "image"})
     if req.input_id is not None and req.cache_input:
-        raise ValueError("'cache_input' applies to a new photo, not to 'input_id'")
+        raise PydanticCustomError("invalid_cache_input", "'cache_input' applies to a new photo, not to 'input_id'",
+                                  {"field": "cache_input"})
 
 
-_FIELD_FOR_MESSAGE = (("platform", "platform"), ("style", "style"), ("palette", "palette"),
-                      ("background", "background"), ("'image'", "image"))
+def validation_error(err: dict[str, Any]) -> InvalidRequest:
+    """One pydantic error as the API's 422: the field from the error's location (or its context, for rules that
+    span fields), a stable code from its type."""
+    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "__root__")]
+    field = loc[0] if loc else (err.get("ctx") or {}).get("field")
+    kind = str(err.get("type", ""))
+    message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        code = "unknown_field"
+    elif kind.startswith(("unknown_", "invalid_")):
+        code = kind
+    else:
+        code = "invalid_" + (field or "request")
+    where = ".".join(loc) if loc else None
+    text = message if where is None or message.startswith(f"unknown {where}") else f"{where}: {message}"
+    return InvalidRequest(text, field=field, code=code)
 
 
 def parse_request(model: type[BaseModel], payload: Any) -> Any:
@@ -88,17 +116,7 @@ def parse_request(model: type[BaseModel], payload: Any) -> Any:
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = [str(p) for p in err.get("loc", ()) if p != "__root__"]
-        field = loc[0] if loc else None
-        message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        if field is None:
-            field = next((f for key, f in _FIELD_FOR_MESSAGE if key in message.split(";")[0]), None)
-        code = "unknown_field" if err.get("type") == "extra_forbidden" else "invalid_" + (field or "request")
-        if message.startswith("unknown "):
-            code = "unknown_" + (field or "value")
-        raise InvalidRequest(message if field is None or field in message else f"{field}: {message}",
-                             field=field, code=code) from None
+        raise validation_error(exc.errors()[0]) from None
 
 
 class CheckRequest(BaseModel):
@@ -112,47 +130,142 @@ class CheckRequest(BaseModel):
     cache_input: bool = False
     platform: str = "generic"
 
+    _platform = field_validator("platform")(lambda cls, v: _known("platform", v, sorted(PLATFORMS)))
+
     @model_validator(mode="after")
     def _check(self) -> "CheckRequest":
         _one_source(self)
-        if self.platform not in PLATFORMS:
-            raise ValueError(f"unknown platform {self.platform!r}; allowed: {', '.join(sorted(PLATFORMS))}")
         return self
 
 
-class Warning_(BaseModel):
-    code: str
+def _omitted_when_none(description: str) -> Any:
+    return Field(None, description=description, exclude_if=lambda value: value is None)
+
+
+class ValidationWarning(BaseModel):
+    code: str = Field(description="Stable machine-readable reason, e.g. multiple_faces, low_likeness.")
     message: str
 
 
+class AttemptSummary(BaseModel):
+    attempt: int
+    style_intensity: float
+    background: str | None = None
+    passed: bool
+    checks: dict[str, bool]
+    likeness: float
+    nsfw: float
+
+
 class GenerateResponse(BaseModel):
-    avatar_url: str
-    thumbnail_url: str
-    expires_at: str
+    """Answer of `POST /v1/avatar/generate`: where the avatar is, and what a platform needs to decide on it."""
+
+    avatar_url: str = Field(description="Signed, expiring URL of the PNG.")
+    thumbnail_url: str = Field(description="Signed URL of the 100x100 thumbnail.")
+    expires_at: str = Field(description="When the signed URLs expire (UTC, ISO 8601).")
     face_detected: bool
     face_count: int
-    input_quality_score: float
-    likeness_score: float
-    validation_warnings: list[Warning_]
+    face_coverage: float = Field(0.0, description="Face box width over the photo's shorter side.")
+    input_quality_score: float = Field(ge=0, le=1)
+    likeness_score: float = Field(ge=0, le=1, description="Calibrated identity similarity of output and input.")
+    validation_warnings: list[ValidationWarning]
     style: str
-    style_version: str | None = None
+    style_version: str | None = Field(None, description="Custom style token version, null for built-in styles.")
     platform: str
     width: int
     height: int
     request_id: str
-    latency_ms: float
-    created_at: str
-    input_id: str | None = None
-    input_expires_at: str | None = None
     attempts: int = 1
-    attempt_history: list[dict] = []
-    checks: dict[str, bool] = {}
-    face_coverage: float = 0.0
+    attempt_history: list[AttemptSummary] = []
     billable: bool = True
     auto_accept: bool = False
     needs_review: bool = False
+    checks: dict[str, bool] = {}
+    latency_ms: float
     stage_ms: dict[str, float] = {}
+    created_at: str
+    input_id: str | None = _omitted_when_none("Set when cache_input was asked: re-use it as input_id for 24 h.")
+    input_expires_at: str | None = _omitted_when_none("When input_id expires.")
+
+
+class HeadAngle(BaseModel):
+    yaw: float
+    pitch: float
+    roll: float
+
+
+class CheckResponse(BaseModel):
+    """Answer of `POST /v1/avatar/check`: what generate would see in this photo; nothing generated or charged."""
+
+    accepted: bool = Field(description="Generate would accept this photo.")
+    face_detected: bool
+    face_count: int
+    face_coverage: float
+    min_face_coverage: float
+    head_angle: HeadAngle | None
+    input_quality_score: float
+    validation_warnings: list[ValidationWarning]
+    width: int
+    height: int
+    platform: str
+    request_id: str
+    input_id: str | None = _omitted_when_none("Set when cache_input was asked.")
+    input_expires_at: str | None = _omitted_when_none("When input_id expires.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. no_face_detected, payload_too_large.")
+    message: str
+    field: str | None = Field(description="The request field at fault, or null.")
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer. Some errors add measurements (face_count, face_coverage, input_quality_score)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: ErrorDetail
+    request_id: str | None = _omitted_when_none("Set once the request was admitted.")
+
+
+class StyleJobRequest(BaseModel):
+    """Body of `POST /v1/styles` as JSON (examples already in object storage); uploads send `images` file parts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images_uri: str | None = Field(None, description="Folder of 50-200 examples, in a location the operator opened.")
+    name: str | None = Field(None, max_length=200, description="A label for the style.")
+    epochs: int | None = Field(None, ge=1, le=50)
+    base_style: str | None = Field(None, description=f"Built-in style it starts from: {', '.join(BUILTIN_STYLES)}.")
+
+
+class StyleView(BaseModel):
+    """A custom style as the API shows it: its training job's progress and, once ready, its token."""
+
+    model_config = ConfigDict(extra="allow")
+
+    job_id: str | None
+    token_id: str | None = Field(description="Usable as `style` once ready.")
+    name: str | None
+    state: str = Field(description="queued | running | succeeded | failed | cancelled")
+    ready: bool
+    version: str | None
+    epoch: int | None = None
+    epochs: int | None = None
+    loss: float | None = None
+    val_loss: float | None = None
+    eta_s: float | None = None
+    examples: int | None = None
+    error: str | None = None
+    base_style: str | None = None
+    trained_at: str | None = None
+    status_url: str | None = _omitted_when_none("Where to poll the job.")
+
+
+class StylesList(BaseModel):
+    styles: list[StyleView]
+    jobs: list[StyleView] = Field(description="Jobs that have not produced a style yet.")
 
 
 __all__ = ["API_VERSION", "BACKGROUNDS", "PALETTES", "RESOLUTIONS", "GenerateRequest", "GenerateResponse",
-           "CheckRequest", "parse_request", "is_style_token"]
+           "CheckRequest", "CheckResponse", "ErrorResponse", "parse_request", "is_style_token", "validation_error"]

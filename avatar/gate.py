@@ -22,6 +22,7 @@ from typing import Protocol, Sequence
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from avatar.vision.calibration import likeness_from_distance
 from avatar.catalog.platforms import PLATFORMS, TIER_LIKENESS_MIN
@@ -48,29 +49,20 @@ class _Detector(Protocol):
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]: ...
 
 
-@dataclass
-class GateConfig:
-    """Thresholds of the gate; `likeness_overrides` maps platform -> minimum (serve_config `likeness_minimums`)."""
+class GateConfig(BaseModel):
+    """Thresholds of the gate (serve_config `QualityGate.user_config.gate`); `likeness_minimums` maps platform ->
+    minimum, overriding the tier default."""
 
-    likeness_overrides: dict[str, float] = field(default_factory=dict)
-    nsfw_threshold: float = 0.2
-    nsfw_review_at: float = 0.1
-    auto_accept_at: float = 0.9
-    review_below: float = 0.75
-    max_retries: int = 2
-    retry_intensity_factor: float = 0.6
-    min_intensity: float = 0.1
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "GateConfig":
-        """From serve_config's `gate` block (`likeness_minimums` is the operator-facing name of the overrides)."""
-        values = dict(values or {})
-        if "likeness_minimums" in values:
-            values["likeness_overrides"] = values.pop("likeness_minimums") or {}
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown gate settings: {', '.join(sorted(unknown))}")
-        return cls(**values)
+    likeness_overrides: dict[str, float] = Field(default_factory=dict, alias="likeness_minimums")
+    nsfw_threshold: float = Field(0.2, gt=0, le=1)
+    nsfw_review_at: float = Field(0.1, ge=0, le=1)
+    auto_accept_at: float = Field(0.9, ge=0, le=1)
+    review_below: float = Field(0.75, ge=0, le=1)
+    max_retries: int = Field(2, ge=0, le=5)
+    retry_intensity_factor: float = Field(0.6, gt=0, le=1)
+    min_intensity: float = Field(0.1, ge=0, le=1)
 
     def likeness_min(self, platform: str) -> float:
         """The platform's override, else its tier default (unknown platforms get the strictest tier)."""

@@ -1,19 +1,20 @@
 """The work item that travels through the stages: request parameters, encoded images and small measurements.
 
-Images are encoded bytes (PNG for crops, JPEG/PNG for the photo) so a hop between Serve replicas costs little; the
-only arrays are the 468 landmarks and the 128-d identity reference.
+Images are `Pixels` (raw bytes + shape, see `avatar.vision.imageio`), dropped as soon as no later stage needs them;
+the only arrays are the 468 landmarks and the 128-d identity reference.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
 from avatar.types import Box, StyleSpec, Warning
+from avatar.vision.imageio import Pixels
 
 
 @dataclass
@@ -40,7 +41,7 @@ class AvatarJob:
     token: dict | None = None              # a loaded custom style token (custom styles only)
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
-    photo: bytes | None = None              # upright RGB input, re-encoded
+    photo: Pixels | None = None             # upright RGB input
     input_id: str | None = None             # set when the photo was cached (cache_input)
     input_expires_at: int | None = None
     photo_size: tuple[int, int] = (0, 0)
@@ -50,18 +51,17 @@ class AvatarJob:
     input_quality_score: float = 0.0
     identity_ref: np.ndarray | None = None  # identity embedding of the input face
 
-    aligned: bytes | None = None            # aligned square crop (PNG)
+    aligned: Pixels | None = None           # aligned square crop
     work_size: int = 0                      # side of the aligned crop
     landmarks: np.ndarray | None = None     # (468, 2) in aligned-crop pixels
     face_box: Box | None = None             # face box in aligned-crop pixels
-    mask: bytes | None = None               # person mask of the aligned crop (PNG, 8-bit)
-    styled: bytes | None = None
-    composed: bytes | None = None
-    output: bytes | None = None             # final image at `size` (PNG)
+    mask: Pixels | None = None              # person mask of the aligned crop (8-bit)
+    styled: Pixels | None = None
+    composed: Pixels | None = None
+    output: Pixels | None = None            # final image at `size`
 
     attempt: int = 1
-    gate: Any = None                        # the quality gate's GateResult of this attempt
-    retry: Any = None                       # the gate's RetryPlan when this attempt failed and retries remain
+    gate: Any = None                        # the quality gate's GateResult of the delivered attempt
     history: list[dict[str, Any]] = field(default_factory=list)   # one summary per attempt (intensity, checks)
     likeness_score: float = 0.0
     billable: bool = False
@@ -79,9 +79,23 @@ class AvatarJob:
         return StyleSpec(style=self.style, intensity=self.intensity, palette=self.palette,
                          background=self.background, token=self.token, platform=self.platform)
 
+    def for_attempt(self, attempt: Any) -> "AvatarJob":
+        """A copy that renders `attempt` (an `avatar.flow.attempts.Attempt`); the analysed input is shared, not
+        changed, so every attempt starts from the same face."""
+        return replace(self, attempt=attempt.number, intensity=attempt.intensity, background=attempt.background,
+                       palette=attempt.palette, warnings=list(self.warnings), timings=dict(self.timings),
+                       versions=dict(self.versions), mask=None, styled=None, composed=None, output=None)
+
     def warn(self, code: str, message: str) -> None:
         if all(w.code != code for w in self.warnings):
             self.warnings.append(Warning(code, message))
+
+    def input_fields(self) -> dict[str, Any]:
+        """`input_id` and its expiry when the photo was cached for re-use (cache_input); else nothing."""
+        if not self.input_id:
+            return {}
+        expires = datetime.fromtimestamp(self.input_expires_at or 0, timezone.utc)
+        return {"input_id": self.input_id, "input_expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
     def output_face_box(self) -> Box | None:
         """The face box scaled from the aligned crop to the output size."""

@@ -1,50 +1,104 @@
-"""Service settings an operator sets through the environment (`AVATAR_*`); per-stage tunables come from serve_config."""
+"""Every `AVATAR_*` environment variable, in one settings object (pydantic-settings).
+
+Operators set these per process (pod, container, shell); what they tune per deployment lives in `serve_config.yaml`
+instead. Defaults give the embedded local service: everything under `AVATAR_DATA_DIR` (default `./var`).
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"AVATAR_{name}", default)
 
+class Settings(BaseSettings):
+    """Read from the environment (prefix `AVATAR_`) when built; invalid values fail with the variable named."""
 
-@dataclass(frozen=True)
-class ServiceSettings:
-    """Where outputs go, how URLs are signed, how URLs are fetched. Defaults give the embedded local service."""
+    model_config = SettingsConfigDict(env_prefix="AVATAR_", extra="ignore", frozen=True)
 
-    data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", "var")).resolve())
-    storage_uri: str = field(default_factory=lambda: _env("STORAGE_URI", ""))
-    usage_uri: str = field(default_factory=lambda: _env("USAGE_URI", ""))
-    public_url: str = field(default_factory=lambda: _env("PUBLIC_URL", ""))
-    url_ttl_s: int = field(default_factory=lambda: int(_env("URL_TTL_S", str(24 * 3600))))
-    fetch_timeout_s: float = field(default_factory=lambda: float(_env("FETCH_TIMEOUT_S", "10")))
-    fetch_max_bytes: int = field(default_factory=lambda: int(_env("FETCH_MAX_BYTES", str(15 * 2**20))))
-    fetch_allow_private: bool = field(default_factory=lambda: _env("FETCH_ALLOW_PRIVATE", "0") == "1")
+    data_dir: Path = Field(Path("var"), description="Root of local state: storage, usage log, accounts, secrets.")
+    storage_uri: str = Field("", description="Outputs, tokens, cached inputs: a path, file://, s3:// or gs:// URI "
+                                             "(default <data_dir>/storage).")
+    usage_uri: str = Field("", description="The Parquet usage log (default <data_dir>/usage).")
+    accounts_uri: str = Field("", description="Account store, e.g. sqlite:////abs/path "
+                                              "(default sqlite in <data_dir>/accounts.sqlite3).")
+    public_url: str = Field("", description="Base of signed URLs, e.g. https://avatars.example.com.")
+    url_ttl_s: int = Field(24 * 3600, gt=0, description="Lifetime of signed output URLs.")
+    signing_secret: SecretStr | None = Field(None, description="HMAC key of signed URLs (default: generated once "
+                                                               "into <data_dir>/signing.key).")
+    account_pepper: SecretStr | None = Field(None, description="Pepper of stored API-key digests (default: generated "
+                                                               "once beside the account database).")
+    fetch_timeout_s: float = Field(10.0, gt=0, description="Whole-fetch deadline of image_url.")
+    fetch_max_bytes: int = Field(15 * 2**20, gt=0, description="Largest image_url body.")
+    fetch_allow_private: bool = Field(False, description="Let image_url reach private addresses (closed networks "
+                                                         "and tests only).")
+    models_dir: Path | None = Field(None, description="Model file cache (default "
+                                                      "$XDG_CACHE_HOME/avatar-service/models).")
+    model_face_detector: str | None = None
+    model_face_detector_full: str | None = None
+    model_face_landmarks: str | None = None
+    model_person_segmenter: str | None = None
+    model_identity_encoder: str | None = None
+    model_identity_shape: str | None = None
+    model_safety_classifier: str | None = None
+    model_upscaler: str | None = None
+    model_upscaler_x4plus: str | None = None
+    token_cache_dir: Path | None = Field(None, description="Local copies of diffusion style tokens (default "
+                                                           "<system temp>/avatar-style-tokens).")
+    max_tokens_per_replica: int = Field(64, ge=1, description="Custom style tokens a StyleApply replica keeps.")
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser().resolve()
 
     @property
     def resolved_storage_uri(self) -> str:
-        """The storage root: `AVATAR_STORAGE_URI` (local path, file://, s3://, gs://) or `<data_dir>/storage`."""
-        return self.storage_uri or str(self.data_dir / "storage")
+        return self.storage_uri or str(self.data_path / "storage")
 
     @property
     def resolved_usage_uri(self) -> str:
-        """Where the Parquet usage log goes: `AVATAR_USAGE_URI` or `<data_dir>/usage`."""
-        return self.usage_uri or str(self.data_dir / "usage")
+        return self.usage_uri or str(self.data_path / "usage")
 
-    def signing_secret(self) -> bytes:
-        """`AVATAR_SIGNING_SECRET`, else a secret generated once into the data dir so every replica shares it."""
-        return local_secret("AVATAR_SIGNING_SECRET", self.data_dir / "signing.key")
+    @property
+    def resolved_accounts_uri(self) -> str:
+        return self.accounts_uri or f"sqlite:///{self.data_path / 'accounts.sqlite3'}"
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        if self.models_dir is not None:
+            return self.models_dir.expanduser()
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return base / "avatar-service" / "models"
+
+    def model_source(self, component: str) -> str | None:
+        """`AVATAR_MODEL_<COMPONENT>`: a path, file:// or http(s):// URL, or hf://repo/file for that component."""
+        return getattr(self, f"model_{component}", None)
+
+    def url_signing_key(self) -> bytes:
+        return _secret(self.signing_secret) or shared_secret_file(self.data_path / "signing.key")
+
+    def pepper(self, beside: Path | None) -> bytes:
+        """The API-key pepper: configured, else a file beside the database (random per process for in-memory)."""
+        configured = _secret(self.account_pepper)
+        if configured:
+            return configured
+        return shared_secret_file(beside) if beside is not None else secrets.token_bytes(32)
 
 
-def local_secret(env_name: str, path: Path) -> bytes:
-    """The secret in `$env_name`, else one generated once into `path` (0600) and shared by every process."""
-    env = os.environ.get(env_name)
-    if env:
-        return env.encode()
+def settings() -> Settings:
+    """The settings as the environment holds them now; read at start-up by each component (never per request)."""
+    return Settings()
+
+
+def _secret(value: SecretStr | None) -> bytes:
+    return value.get_secret_value().encode() if value is not None else b""
+
+
+def shared_secret_file(path: Path) -> bytes:
+    """A secret generated once into `path` (0600) and shared by every process on this node."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

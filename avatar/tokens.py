@@ -32,6 +32,7 @@ from safetensors.numpy import load as st_load, save as st_save
 
 from avatar.contracts import STYLE_TOKEN_RE
 from avatar.errors import NotFound
+from avatar.settings import settings
 
 FORMAT_VERSION = 1
 TOKEN_FILE = "token.safetensors"
@@ -207,7 +208,8 @@ def save_diffusion_token(storage: ObjectStore, token: DiffusionToken) -> str:
 def token_cache_dir() -> str:
     """Where embeddings from non-local storage are copied for the diffusion pipelines to read
     (`AVATAR_TOKEN_CACHE_DIR`, else `<system temp>/avatar-style-tokens`)."""
-    return os.environ.get("AVATAR_TOKEN_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "avatar-style-tokens")
+    configured = settings().token_cache_dir
+    return str(configured) if configured else os.path.join(tempfile.gettempdir(), "avatar-style-tokens")
 
 
 def _local_path(storage: ObjectStore, key: str) -> str | None:
@@ -300,3 +302,10 @@ def time_token_load(storage: ObjectStore, account_id: str, token_id: str, repeat
         cache.get(account_id, token_id)
     warm = (time.perf_counter() - t0) * 1000 / repeats
     return {"cold_ms": cold, "warm_ms": warm}
+
+
+def token_version(manifest: dict[str, Any]) -> str:
+    """`<token_id>@<format version>-<first 8 hex of the token file's SHA-256>`: names the token and its exact content."""
+    digest = str(manifest.get("sha256") or "")[:8]
+    version = f"{manifest.get('token_id')}@{manifest.get('version', 1)}"
+    return f"{version}-{digest}" if digest else version

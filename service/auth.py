@@ -8,22 +8,12 @@ errors say what is wrong with the header, not what it contained.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from typing import Any, Mapping
 
-from avatar.store.accounts import AccountStore, open_account_store
-from avatar.settings import ServiceSettings
 from avatar.errors import Unauthorized
-
-
-def accounts_uri(settings: ServiceSettings | None = None) -> str:
-    """The account store the service uses: `AVATAR_ACCOUNTS_URI`, else a SQLite file in the data dir."""
-    env = os.environ.get("AVATAR_ACCOUNTS_URI")
-    if env:
-        return env
-    settings = settings or ServiceSettings()
-    return f"sqlite:///{settings.data_dir / 'accounts.sqlite3'}"
+from avatar.settings import settings
+from avatar.store.accounts import AccountStore, open_account_store
 
 
 def bearer_key(headers: Mapping[str, str]) -> str | None:
@@ -46,7 +36,7 @@ class Authenticator:
     """Resolves request credentials to account ids through one account store per replica (opened on first use)."""
 
     def __init__(self, uri: str | None = None, store: AccountStore | None = None) -> None:
-        self.uri = uri or accounts_uri()
+        self.uri = uri or settings().resolved_accounts_uri
         self._store = store
         self._lock = threading.Lock()
 

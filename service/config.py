@@ -1,4 +1,5 @@
-"""Reads serve_config.yaml for the embedded service and tests, applying the CPU profile where there is no GPU."""
+"""serve_config.yaml: loading it, checking every deployment's `user_config` against its model before anything
+starts, and the CPU profile for machines without a GPU. The ingress's own `user_config` model lives here too."""
 
 from __future__ import annotations
 
@@ -7,6 +8,58 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from avatar.flow.assembly import ConfigError, describe_invalid, stage_config
+from avatar.flow.names import Stage
+
+INGRESS = "AvatarIngress"
+
+
+class StylesConfig(BaseModel):
+    """Custom styles over HTTP (docs/custom_styles.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    training: dict[str, Any] = Field(default_factory=dict, description="trainer defaults for jobs started over HTTP")
+    max_upload_bytes: int = Field(200 * 2**20, gt=0, description="whole multipart upload of examples")
+    images_uri_prefixes: list[str] = Field(default_factory=list,
+                                           description="where JSON images_uri may point; {account} expands")
+
+
+class IngressConfig(BaseModel):
+    """`AvatarIngress.user_config`: admission limits and policies."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_timeout_s: float = Field(60.0, gt=0)
+    max_body_bytes: int = Field(20 * 2**20, gt=0)
+    public_url: str = Field("", description="base of signed URLs; default AVATAR_PUBLIC_URL, else the request's")
+    require_api_key: bool = Field(False, description="built-in styles too need `Authorization: Bearer <api key>`")
+    usage_flush_interval_s: float = Field(30.0, ge=0)
+    styles: StylesConfig = StylesConfig()
+
+
+def ingress_config(raw: dict[str, Any] | None) -> IngressConfig:
+    try:
+        return IngressConfig.model_validate(raw or {})
+    except ValidationError as exc:
+        raise ConfigError(describe_invalid(INGRESS, exc)) from None
+
+
+def check_user_configs(app: dict[str, Any]) -> None:
+    """Every deployment of the app is known and its `user_config` validates; ConfigError names the first problem's
+    deployment and field (`StyleApply.user_config.engine.nmae: Extra inputs are not permitted`)."""
+    stages = {stage.deployment: stage for stage in Stage}
+    for dep in app.get("deployments", []):
+        name = dep.get("name")
+        if name == INGRESS:
+            ingress_config(dep.get("user_config"))
+        elif name in stages:
+            stage_config(stages[name], dep.get("user_config"))
+        else:
+            known = ", ".join([INGRESS, *stages])
+            raise ConfigError(f"invalid serve config: unknown deployment {name!r}; known: {known}")
 
 CONFIG_PATH = Path(__file__).resolve().parent.parent / "serve_config.yaml"
 

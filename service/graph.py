@@ -1,4 +1,4 @@
-"""Wires the avatar DAG: the ingress composes the six stages and the quality gate. Nothing else lives here."""
+"""Wires the avatar DAG: the ingress over the six stages and the quality gate, bound by stage name."""
 
 from __future__ import annotations
 
@@ -6,26 +6,19 @@ from typing import Any
 
 from ray.serve import Application
 
-from service.bg_generate import BgGenerate
-from service.detail_enhance import DetailEnhance
-from service.face_detect import FaceDetect
+from avatar.flow.names import Stage
 from service.ingress import AvatarIngress
-from service.load_photo import LoadPhoto
-from service.quality_gate import QualityGate
-from service.save_avatar import SaveAvatar
-from service.style_apply import StyleApply
-
-STAGES = (LoadPhoto, FaceDetect, StyleApply, BgGenerate, DetailEnhance, QualityGate, SaveAvatar)
+from service.replicas import stage_deployment
 
 
 def build_app(options: dict[str, dict[str, Any]] | None = None) -> Application:
     """The app; `options` maps deployment names to `.options(...)` overrides (how `avatar serve` applies the config)."""
     options = options or {}
 
-    def bound(deployment, *args):
-        return deployment.options(**options.get(deployment.name, {})).bind(*args)
+    def bound(deployment, *args, **kwargs):
+        return deployment.options(**options.get(deployment.name, {})).bind(*args, **kwargs)
 
-    return bound(AvatarIngress, *(bound(stage) for stage in STAGES))
+    return bound(AvatarIngress, **{stage.value: bound(stage_deployment(stage), stage) for stage in Stage})
 
 
 app = build_app()

@@ -1,158 +1,104 @@
-"""HTTP plumbing of the ingress: bounded body reading, JSON/multipart parsing, JSON error answers, the OpenAPI document."""
+"""Request bodies under a cap: FastAPI has no body limit, so every route that reads a body reads it through here.
+
+JSON and multipart bodies are read from the stream and refused with 413 as soon as they pass the cap, whatever the
+framing (a declared Content-Length is refused before reading). Multipart uploads stay in memory up to the cap:
+Starlette's parser spools parts over 1 MiB to a temporary file, which would put client photos on disk.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
-from avatar.contracts import API_VERSION, CheckRequest, GenerateRequest, GenerateResponse
-from avatar.errors import AvatarError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from avatar.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
-
-def error_response(exc: AvatarError, request_id: str | None = None) -> JSONResponse:
-    body = exc.to_body()
-    if request_id:
-        body["request_id"] = request_id
-    headers = {"Retry-After": "2"} if exc.status in (503, 504) else None
-    return JSONResponse(body, status_code=exc.status, headers=headers)
+JSON_TYPES = ("application/json", "")
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The body, refusing more than `max_bytes` before reading it all (declared or streamed)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {max_bytes}", field=None)
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > max_bytes:
-            raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes", field=None)
-        chunks.append(chunk)
-    return b"".join(chunks)
+def content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def parse_payload(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes | None]:
-    """JSON object or multipart form: the fields, and the `image` file part's bytes when one was uploaded."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        return await _parse_multipart(request, max_bytes)
-    if ctype not in ("application/json", ""):
-        raise UnsupportedMediaType(f"content-type {ctype!r} is not supported; send application/json or "
-                                   "multipart/form-data", field="content-type", code="unsupported_content_type")
-    body = await read_body(request, max_bytes)
-    if not body.strip():
-        raise InvalidRequest("request body is empty; send a JSON object with 'image' or 'image_url'",
-                             field=None, code="empty_body", status=400)
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("request body is not valid JSON", field=None, code="invalid_json", status=400) from None
-    if not isinstance(payload, dict):
-        raise InvalidRequest("request body must be a JSON object", field=None, code="invalid_body", status=400)
-    return payload, None
-
-
-async def read_form(request: Request, max_bytes: int, max_files: int, field: str | None = None) -> Any:
-    """The multipart form, refusing a declared body over `max_bytes` first; a malformed body is a 400."""
+def _refuse_declared(request: Request, max_bytes: int, field: str | None) -> None:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {max_bytes}", field=field)
+
+
+async def capped_stream(request: Request, max_bytes: int, field: str | None = None) -> AsyncIterator[bytes]:
+    """The body's chunks, raising 413 the moment their total passes `max_bytes`."""
+    _refuse_declared(request, max_bytes, field)
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > max_bytes:
+            raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes", field=field)
+        yield chunk
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    return b"".join([chunk async for chunk in capped_stream(request, max_bytes)])
+
+
+async def read_json(request: Request, max_bytes: int, *, empty_hint: str = "send a JSON object") -> dict[str, Any]:
+    body = await read_body(request, max_bytes)
+    if not body.strip():
+        raise InvalidRequest(f"request body is empty; {empty_hint}", field=None, code="empty_body", status=400)
     try:
-        return await request.form(max_files=max_files, max_fields=20, max_part_size=max_bytes)
-    except Exception as exc:  # noqa: BLE001 - any multipart parser failure is the client's malformed body
-        raise InvalidRequest(f"multipart body could not be parsed ({type(exc).__name__})", field=None,
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidRequest("request body is not valid JSON", field=None, code="invalid_json", status=400) from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("request body must be a JSON object", field=None, code="invalid_body", status=400)
+    return payload
+
+
+async def read_form(request: Request, max_bytes: int, max_files: int, field: str | None = None) -> FormData:
+    """The multipart form, in memory, under the cap; a malformed body is a 400."""
+    parser = MultiPartParser(request.headers, capped_stream(request, max_bytes, field), max_files=max_files,
+                             max_fields=20, max_part_size=max_bytes)
+    parser.spool_max_size = max_bytes   # file parts stay in memory (they are capped above)
+    try:
+        return await parser.parse()
+    except (MultiPartException, KeyError, ValueError) as exc:
+        message = getattr(exc, "message", type(exc).__name__)
+        raise InvalidRequest(f"multipart body could not be parsed ({message})", field=None,
                              code="invalid_multipart", status=400) from None
 
 
-async def _parse_multipart(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes | None]:
+async def read_photo_payload(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes | None]:
+    """JSON object or multipart form: the fields, and the `image` file part's bytes when one was uploaded."""
+    ctype = content_type(request)
+    if ctype == "multipart/form-data":
+        return await _photo_form(request, max_bytes)
+    if ctype not in JSON_TYPES:
+        raise UnsupportedMediaType(f"content-type {ctype!r} is not supported; send application/json or "
+                                   "multipart/form-data", field="content-type", code="unsupported_content_type")
+    payload = await read_json(request, max_bytes, empty_hint="send a JSON object with 'image' or 'image_url'")
+    return payload, None
+
+
+async def _photo_form(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes | None]:
     form = await read_form(request, max_bytes, max_files=1)
     fields: dict[str, Any] = {}
     upload: bytes | None = None
-    for key, value in form.multi_items():
-        if hasattr(value, "read"):
-            if key != "image":
-                raise InvalidRequest(f"unexpected file part {key!r}; upload the photo as 'image'", field=key)
-            upload = await value.read()
-            if len(upload) > max_bytes:
-                raise PayloadTooLarge(f"image is larger than {max_bytes} bytes", field="image")
-        else:
-            fields[key] = value
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != "image":
+                    raise InvalidRequest(f"unexpected file part {key!r}; upload the photo as 'image'", field=key)
+                upload = await value.read()
+            else:
+                fields[key] = value
+    finally:
+        await form.close()
     if upload is not None:
         if "image" in fields:
             raise InvalidRequest("send 'image' once, as a file part or a field", field="image")
         fields["image"] = ""   # placeholder: the bytes travel beside the validated fields
     return fields, upload
-
-
-def openapi_document() -> dict[str, Any]:
-    """OpenAPI 3.1 document of the public routes, generated from the contract's pydantic models."""
-    schemas = {m.__name__: m.model_json_schema(ref_template="#/components/schemas/{model}")
-               for m in (GenerateRequest, GenerateResponse, CheckRequest)}
-    for schema in list(schemas.values()):
-        schemas.update(schema.pop("$defs", {}))
-    error = {"type": "object", "properties": {"error": {"type": "object", "properties": {
-        "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": ["string", "null"]}}}}}
-    schemas["Error"] = error
-
-    def ref(name: str) -> dict[str, Any]:
-        return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
-
-    errors = {str(c): {"description": d, **ref("Error")} for c, d in (
-        (400, "Malformed body"), (401, "Missing or invalid API key"), (404, "Unknown custom style"),
-        (413, "Too large"), (415, "Not JPEG, PNG or WebP"), (422, "Invalid field, no face or face too small"),
-        (503, "Overloaded or a stage is unavailable"), (504, "Timed out"))}
-    multipart = {"multipart/form-data": {"schema": {"type": "object", "properties": {
-        "image": {"type": "string", "format": "binary"}, "style": {"type": "string"},
-        "platform": {"type": "string"}, "palette": {"type": "string"}, "background": {"type": "string"},
-        "resolution": {"type": "string"}, "style_intensity": {"type": "number"}}}}}
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "Avatar generation service", "version": API_VERSION},
-        "paths": {
-            "/v1/avatar/generate": {"post": {
-                "summary": "Turn a photo into a platform-ready avatar",
-                "requestBody": {"required": True, "content": {**ref("GenerateRequest")["content"], **multipart}},
-                "responses": {"200": {"description": "The avatar", **ref("GenerateResponse")}, **errors}}},
-            "/v1/avatar/check": {"post": {
-                "summary": "Pre-flight checks of an upload (no generation, no charge)",
-                "requestBody": {"required": True, **ref("CheckRequest")},
-                "responses": {"200": {"description": "Face and quality report"}, **errors}}},
-            "/v1/files/{key}": {"get": {
-                "summary": "A stored avatar or thumbnail behind a signed, expiring URL",
-                "parameters": [{"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
-                               {"name": "expires", "in": "query", "required": True, "schema": {"type": "integer"}},
-                               {"name": "signature", "in": "query", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "PNG", "content": {"image/png": {}}},
-                              "403": {"description": "Bad or expired signature", **ref("Error")}}}},
-            "/v1/styles": {
-                "post": {"summary": "Train a custom style from 50-200 example images (Bearer API key)",
-                         "requestBody": {"required": True, "content": {
-                             "multipart/form-data": {"schema": {"type": "object", "properties": {
-                                 "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                                 "name": {"type": "string"}, "epochs": {"type": "integer"},
-                                 "base_style": {"type": "string"}}}},
-                             "application/json": {"schema": {"type": "object", "properties": {
-                                 "images_uri": {"type": "string"}, "name": {"type": "string"},
-                                 "epochs": {"type": "integer"}}}}}},
-                         "responses": {"202": {"description": "Job accepted: job id, token id, status URL"},
-                                       **errors}},
-                "get": {"summary": "The account's styles and unfinished jobs",
-                        "responses": {"200": {"description": "Styles and jobs"}, **errors}}},
-            "/v1/styles/{id}": {
-                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
-                                "description": "A job id or a style token"}],
-                "get": {"summary": "Status and progress (state, epoch, loss, ETA)",
-                        "responses": {"200": {"description": "Status"}, **errors}},
-                "delete": {"summary": "Remove a style (and cancel its job)",
-                           "responses": {"204": {"description": "Removed"}, **errors}}},
-            "/v1/stats": {"get": {"summary": "This ingress replica's request counts and gate pass rates",
-                                  "responses": {"200": {"description": "Counts"}}}},
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
-        },
-        "components": {"schemas": schemas, "securitySchemes": {
-            "apiKey": {"type": "http", "scheme": "bearer", "description": "Account API key (avk_...)"}}},
-        "security": [{}, {"apiKey": []}],
-    }

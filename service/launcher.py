@@ -7,8 +7,8 @@ import signal
 import threading
 from typing import Any
 
-from service.config import (CONFIG_PATH, app_config, apply_cpu_profile, deployment_options,
-                                      load_config)
+from service.config import (CONFIG_PATH, app_config, apply_cpu_profile, check_user_configs, deployment_options,
+                            load_config)
 
 
 def init_local_ray(num_cpus: int | None = None, temp_dir: str | None = None, dashboard: bool = False,
@@ -42,8 +42,10 @@ def deploy(profile: str = "auto", config_path: str = str(CONFIG_PATH), host: str
     profile = resolve_profile(profile)
     if profile == "cpu":
         config = apply_cpu_profile(config, cpus_per_replica)
+    options = deployment_options(app_config(config), overrides)
+    check_user_configs({"deployments": [{"name": n, "user_config": o.get("user_config")} for n, o in options.items()]})
     serve.start(http_options={"host": host, "port": port})
-    app = build_app(deployment_options(app_config(config), overrides))
+    app = build_app(options)
     serve.run(app, name="avatar", route_prefix="/")
     return profile
 

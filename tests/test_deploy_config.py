@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from service.config import CONFIG_PATH, app_config, apply_cpu_profile, deployment_options, load_config
@@ -21,11 +22,11 @@ def test_rayservice_embeds_the_serve_config():
 
 
 def test_every_stage_is_configured_with_its_own_scaling_and_gpu_share():
-    from service.graph import STAGES
+    from avatar.flow.names import Stage
     from service.ingress import AvatarIngress
     app = app_config(load_config())
     configured = {d["name"]: d for d in app["deployments"]}
-    assert set(configured) == {s.name for s in STAGES} | {AvatarIngress.name}
+    assert set(configured) == {s.deployment for s in Stage} | {AvatarIngress.name}
     for name in ("FaceDetect", "StyleApply", "BgGenerate", "DetailEnhance", "QualityGate"):
         dep = configured[name]
         assert 0 < dep["ray_actor_options"]["num_gpus"] < 1, name
@@ -49,3 +50,50 @@ def test_graph_binds_the_ingress_over_all_stages():
     from service.graph import build_app
     app = build_app({"StyleApply": {"user_config": {"engine": {"name": "cpu"}}}})
     assert app is not None
+
+
+def test_the_shipped_config_validates():
+    from service.config import check_user_configs
+    check_user_configs(app_config(load_config()))   # raises ConfigError naming the deployment and field
+
+
+@pytest.mark.parametrize("deployment, user_config, named", [
+    ("StyleApply", {"engine": {"nmae": "cpu"}}, "StyleApply.user_config.engine.nmae"),
+    ("QualityGate", {"gate": {"nsfw_treshold": 0.3}}, "QualityGate.user_config.gate.nsfw_treshold"),
+    ("FaceDetect", {"work_size": "large"}, "FaceDetect.user_config.work_size"),
+    ("FaceDetect", {"models": {"face_detectr": "/x"}}, "FaceDetect.user_config.models"),
+    ("AvatarIngress", {"request_timout_s": 5}, "AvatarIngress.user_config.request_timout_s"),
+    ("AvatarIngress", {"styles": {"max_upload_byte": 5}}, "AvatarIngress.user_config.styles.max_upload_byte"),
+    ("SaveAvatar", {"png_compress_level": 12}, "SaveAvatar.user_config.png_compress_level"),
+])
+def test_a_typo_in_the_serve_config_fails_naming_deployment_and_field(tmp_path, deployment, user_config, named):
+    from avatar.flow.assembly import ConfigError
+    from service.config import check_user_configs
+    from service.launcher import deploy
+    config = load_config()
+    for dep in app_config(config)["deployments"]:
+        if dep["name"] == deployment:
+            dep["user_config"] = {**dep.get("user_config", {}), **user_config}
+    with pytest.raises(ConfigError) as err:
+        check_user_configs(app_config(config))
+    assert named in str(err.value)
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError) as err:   # the launcher refuses before starting anything
+        deploy(profile="cpu", config_path=str(path))
+    assert named in str(err.value)
+
+
+def test_an_unknown_deployment_name_is_refused():
+    from avatar.flow.assembly import ConfigError
+    from service.config import check_user_configs
+    with pytest.raises(ConfigError, match="StyleAply"):
+        check_user_configs({"deployments": [{"name": "StyleAply", "user_config": {}}]})
+
+
+def test_a_replica_refuses_an_invalid_user_config_at_start_up():
+    """`serve deploy` bypasses the launcher: the replica itself fails its start naming the field."""
+    from avatar.flow.assembly import ConfigError
+    from service.replicas import StyleApply
+    with pytest.raises(ConfigError, match=r"StyleApply\.user_config\.batch\.max_batch_size"):
+        StyleApply.func_or_class().reconfigure({"batch": {"max_batch_size": 0}})

@@ -58,10 +58,10 @@ def face_crop(aligned_astronaut) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_job(image: np.ndarray, landmarks: np.ndarray, i: int = 0, style: str = "corporate_headshot"):
-    from avatar.vision.imageio import encode_lossless
     from avatar.job import AvatarJob
+    from avatar.vision.imageio import Pixels
     job = AvatarJob(request_id=f"req_{i}", style=style, platform="linkedin", size=800, intensity=0.3 + 0.1 * i)
-    job.aligned = encode_lossless(image)
+    job.aligned = Pixels.of(image)
     job.work_size = image.shape[0]
     job.landmarks = landmarks
     return job
@@ -89,8 +89,7 @@ def local_batching():
     """Forgets the `@serve.batch` queues after a local-testing-mode test. Local mode creates them in this process, and
     `Deployment.options()` pickles the class by value, queue included (an asyncio Future cannot be pickled): without
     this, later `.options()` calls in the same process would fail."""
-    from service.bg_generate import BgGenerate
-    from service.style_apply import StyleApply
+    from service.replicas import BgGenerate, StyleApply
     yield
     for deployment in (StyleApply, BgGenerate):
         deployment.func_or_class.run_batched.set_max_batch_size.__self__._queue = None
@@ -118,16 +117,17 @@ def _run_local(monkeypatch, deployment, config: dict, engine_method: str):
 # -------------------------------------------------------------------- batching (in-process Serve testing mode)
 
 def test_batch_settings_from_user_config():
-    from service.stage_replica import batch_settings
-    assert batch_settings({}) == (4, 0.02)
-    assert batch_settings({"batch": {"max_batch_size": 8, "wait_timeout_s": 0.1}}) == (8, 0.1)
+    from avatar.flow.assembly import BatchConfig, StyleApplyConfig
+    assert (StyleApplyConfig().batch.max_batch_size, StyleApplyConfig().batch.wait_timeout_s) == (4, 0.02)
+    batch = StyleApplyConfig.model_validate({"batch": {"max_batch_size": 8, "wait_timeout_s": 0.1}}).batch
+    assert (batch.max_batch_size, batch.wait_timeout_s) == (8, 0.1)
     for bad in ({"max_batch_size": 0}, {"max_batch_size": 2.5}, {"wait_timeout_s": -1}, {"size": 4}):
         with pytest.raises(ValueError):
-            batch_settings({"batch": bad})
+            BatchConfig.model_validate(bad)
 
 
 def test_changing_only_batch_settings_keeps_the_loaded_engine():
-    from service.style_apply import StyleApply
+    from service.replicas import StyleApply
     replica = StyleApply.func_or_class()
     replica.reconfigure({"engine": {"name": "cpu"}})
     stage = replica.stage
@@ -144,9 +144,9 @@ def test_changing_only_batch_settings_keeps_the_loaded_engine():
 def test_cpu_engine_keeps_one_job_at_a_time(monkeypatch, local_batching, face_crop):
 
     from avatar.flow.stages import StyleApplyStage
-    from service.style_apply import StyleApply
+    from service.replicas import StyleApply
     batched = []
-    monkeypatch.setattr(StyleApplyStage, "run_batch", lambda self, jobs: batched.append(jobs) or jobs)
+    monkeypatch.setattr(StyleApplyStage, "run_batch", lambda self, jobs, attempts=None: batched.append(jobs) or jobs)
     handle = _run_local(monkeypatch, StyleApply, {"engine": {"name": "cpu"}}, "apply")
     image, landmarks = face_crop
     results = [r.result(timeout_s=60) for r in [handle.run.remote(make_job(image, landmarks, i)) for i in range(3)]]
@@ -155,9 +155,8 @@ def test_cpu_engine_keeps_one_job_at_a_time(monkeypatch, local_batching, face_cr
 
 def test_concurrent_style_requests_share_one_engine_call(monkeypatch, local_batching, recipes_yaml, face_crop):
 
-    from avatar.vision.imageio import decode_trusted
     from avatar.engines.diffusion.engine import DiffusionStyleEngine
-    from service.style_apply import StyleApply
+    from service.replicas import StyleApply
     sizes = _spy(monkeypatch, DiffusionStyleEngine, "apply_batch")
     config = {"engine": engine(recipes_yaml), "batch": {"max_batch_size": 5, "wait_timeout_s": 0.5}}
     handle = _run_local(monkeypatch, StyleApply, config, "apply_batch")
@@ -169,35 +168,36 @@ def test_concurrent_style_requests_share_one_engine_call(monkeypatch, local_batc
     assert sizes == [5, 1]      # max_batch_size from user_config (the default 4 would give [4, 2]), then the rest
     for job, out in zip(jobs, results):
         assert out.request_id == job.request_id   # every caller gets its own job back
-        assert decode_trusted(out.styled).shape == image.shape
+        assert out.styled.array().shape == image.shape
         assert out.versions["style_engine"].startswith("diffusion/1.0+diffusers")
         assert out.versions["style_model"].startswith("sd-tiny@") and out.timings["style_apply"] > 0
     single = handle.run.remote(make_job(shifted(image, 5), landmarks, 5)).result(timeout_s=60)
     assert sizes == [5, 1, 1]
-    assert np.array_equal(decode_trusted(single.styled), decode_trusted(results[5].styled))   # seeds per request
+    assert np.array_equal(single.styled.array(), results[5].styled.array())   # seeds per request
 
 
 def test_concurrent_background_requests_share_one_engine_call(monkeypatch, local_batching, base_model, face_crop):
 
-    from avatar.vision.imageio import decode_mask, decode_trusted, encode_lossless
     from avatar.engines.diffusion.engine import DiffusionBackgroundEngine
-    from service.bg_generate import BgGenerate
+    from avatar.vision.imageio import Pixels
+    from service.replicas import BgGenerate
     sizes = _spy(monkeypatch, DiffusionBackgroundEngine, "render_batch")
     config = {"engine": engine(recipe_book(base_model)), "batch": {"max_batch_size": 2, "wait_timeout_s": 0.5}}
     handle = _run_local(monkeypatch, BgGenerate, config, "render_batch")
     sizes.clear()
     image, landmarks = face_crop
-    jobs = []
+    jobs, styled = [], []
     for i in range(3):
         job = make_job(image, landmarks, i, style="anime_character")
-        job.styled = encode_lossless(shifted(image, i))
+        styled.append(shifted(image, i))
+        job.styled = Pixels.of(styled[-1])
         jobs.append(job)
     results = [r.result(timeout_s=60) for r in [handle.run.remote(job) for job in jobs]]
     assert sizes == [2, 1]
-    for job, out in zip(jobs, results):
-        composed, person = decode_trusted(out.composed), decode_mask(out.mask) >= 1.0
+    for before, out in zip(styled, results):
+        composed, person = out.composed.array(), out.mask.mask() >= 1.0
         assert composed.shape == image.shape and person.any() and not person.all()
-        assert np.array_equal(composed[person], decode_trusted(job.styled)[person])   # the person is untouched
+        assert np.array_equal(composed[person], before[person])   # the person is untouched
         assert out.versions["background_engine"].startswith("diffusion/")
 
 
@@ -287,8 +287,7 @@ def test_missing_model_fails_start_up_with_the_reason_then_redeploys(service, ba
     from ray import serve
     from ray.serve.schema import ApplicationStatus, DeploymentStatus
 
-    from avatar.vision.imageio import decode_trusted
-    from service.style_apply import StyleApply
+    from service.replicas import StyleApply
     missing = tmp_path / "no-such-model"
     options = dict(ray_actor_options={"num_cpus": 0.1, "num_gpus": 0}, max_constructor_retry_count=1)
     broken = StyleApply.options(user_config={"engine": engine(recipe_book(missing))}, **options)
@@ -309,5 +308,5 @@ def test_missing_model_fails_start_up_with_the_reason_then_redeploys(service, ba
     assert serve.status().applications["style-check"].status == ApplicationStatus.RUNNING
     image, landmarks = face_crop
     job = handle.run.remote(make_job(image, landmarks)).result(timeout_s=60)
-    assert decode_trusted(job.styled).shape == image.shape
+    assert job.styled.array().shape == image.shape
     serve.delete("style-check")

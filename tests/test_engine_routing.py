@@ -48,8 +48,8 @@ def test_stage_metadata_names_the_engine_that_ran(monkeypatch, aligned_astronaut
     monkeypatch.setitem(registry.STYLE_ENGINES, "marker", lambda options: Marker(**options))
     stage = StyleApplyStage(create_style_engine("routed", {
         "default": {"name": "cpu"}, "platforms": {"discord": {"name": "marker", "options": {"value": 7}}}}))
-    from avatar.vision.imageio import encode_lossless
+    from avatar.vision.imageio import Pixels
     for platform, expected in (("discord", "marker7/1"), ("linkedin", "cpu/")):
         job = AvatarJob(request_id="r", style="anime_character", platform=platform, size=800, intensity=0.5)
-        job.aligned, job.landmarks = encode_lossless(aligned_astronaut.image), aligned_astronaut.landmarks
+        job.aligned, job.landmarks = Pixels.of(aligned_astronaut.image), aligned_astronaut.landmarks
         assert stage.run(job).versions["style_engine"].startswith(expected)

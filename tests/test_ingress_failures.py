@@ -5,41 +5,37 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import io
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
-from starlette.requests import Request
+from fastapi.testclient import TestClient
 
-from service.ingress import AvatarIngress
+from avatar.flow.names import Stage
+from service.app import app
+from service.dependencies import get_ingress
+from service.ingress import Ingress
 
 
 class _Method:
     def __init__(self, fn):
-        self.remote = fn
+        async def run(args):
+            ready = [await a if inspect.isawaitable(a) else a for a in args]   # earlier stages' results, as Serve
+            return await fn(*ready)
+        self.remote = lambda *args: asyncio.ensure_future(run(args))
 
 
 class Handle:
-    """Stands in for a DeploymentHandle: `handle.run.remote(...)` awaits `fn`."""
+    """Stands in for a DeploymentHandle: `handle.run.remote(...)` starts `fn` once its arguments are ready."""
 
     def __init__(self, fn):
-        self.run = self.call = _Method(fn)
+        self.run = self.check = _Method(fn)
 
     def options(self, **_):
         return self
-
-
-def _request(body: dict) -> Request:
-    raw = json.dumps(body).encode()
-    scope = {"type": "http", "method": "POST", "path": "/v1/avatar/generate", "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())],
-        "query_string": b"", "server": ("127.0.0.1", 8000), "scheme": "http", "root_path": ""}
-
-    async def receive():
-        return {"type": "http.request", "body": raw, "more_body": False}
-    return Request(scope, receive)
 
 
 def _photo() -> str:
@@ -50,18 +46,22 @@ def _photo() -> str:
 
 @pytest.fixture()
 def make_ingress(tmp_path, monkeypatch):
+    """The real FastAPI app over an ingress whose every stage is `fn`."""
     monkeypatch.setenv("AVATAR_DATA_DIR", str(tmp_path))
 
     def make(fn, timeout_s: float = 5.0):
-        ingress = AvatarIngress.func_or_class(*(Handle(fn) for _ in range(7)))
+        ingress = Ingress(**{stage.value: Handle(fn) for stage in Stage})
         ingress.reconfigure({"request_timeout_s": timeout_s, "usage_flush_interval_s": 0})
+        app.dependency_overrides[get_ingress] = lambda: ingress
+        ingress.client = TestClient(app, raise_server_exceptions=False)
         return ingress
-    return make
+    yield make
+    app.dependency_overrides.clear()
 
 
 def _call(ingress, body):
-    response = asyncio.run(ingress(_request(body)))
-    return response.status_code, json.loads(response.body)
+    response = ingress.client.post("/v1/avatar/generate", json=body)
+    return response.status_code, response.json()
 
 
 def test_a_crashing_stage_answers_500_json(make_ingress):
@@ -80,11 +80,10 @@ def test_a_hanging_stage_answers_504_within_the_timeout(make_ingress):
 
 
 def test_overload_answers_503(make_ingress):
-    class BackPressureError(Exception):
-        pass
+    from ray.serve.exceptions import BackPressureError
 
     async def full(*_):
-        raise BackPressureError("queue full")
+        raise BackPressureError(num_queued_requests=8, max_queued_requests=8)
     ingress = make_ingress(full)
     status, body = _call(ingress, {"image": _photo()})
     assert status == 503 and body["error"]["code"] == "overloaded"

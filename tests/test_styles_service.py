@@ -37,40 +37,46 @@ def test_bearer_key_parsing():
         assert "avk_1" not in info.value.message   # the credential is never echoed
 
 
-def test_generate_policy_built_in_open_custom_owned():
-    from avatar.store.accounts import open_account_store
+def test_generate_policy_built_in_open_custom_owned(tmp_path, monkeypatch):
     from avatar.errors import NotFound, Unauthorized
     from avatar.job import AvatarJob
+    from avatar.store.accounts import open_account_store
     from service.auth import Authenticator
-    from service.styles_api import StylesApi
+    from service.dependencies import caller_account
+    from service.ingress import Ingress
 
+    monkeypatch.setenv("AVATAR_DATA_DIR", str(tmp_path))
     store = open_account_store("sqlite://:memory:")
     a, key_a = store.create_account("a")
     b, key_b = store.create_account("b")
     store.register_style(a, "sty_aaaaaaaaaaaa", {"token_id": "sty_aaaaaaaaaaaa"})
-    api = StylesApi(storage=None, auth=Authenticator("sqlite://:memory:", store=store))
-    open_cfg, closed_cfg = SimpleNamespace(require_api_key=False), SimpleNamespace(require_api_key=True)
+    ingress = Ingress()
+    ingress.auth = Authenticator("sqlite://:memory:", store=store)
     hdr = lambda key: {"authorization": f"Bearer {key}"}
     job = lambda style: AvatarJob(request_id="r", style=style, platform="generic", size=800, intensity=0.5)
     run = asyncio.run
 
-    assert run(api.authenticate(SimpleNamespace(headers={}), open_cfg)) is None
-    assert run(api.authenticate(SimpleNamespace(headers=hdr(key_a)), closed_cfg)) == a
+    def account(headers, require):
+        ingress.reconfigure({"require_api_key": require})
+        return run(caller_account(SimpleNamespace(headers=headers), ingress))
+
+    assert account({}, False) is None
+    assert account(hdr(key_a), True) == a
     with pytest.raises(Unauthorized):
-        run(api.authenticate(SimpleNamespace(headers={}), closed_cfg))
+        account({}, True)
     with pytest.raises(Unauthorized):
-        run(api.authenticate(SimpleNamespace(headers=hdr(key_a + "x")), open_cfg))
+        account(hdr(key_a + "x"), False)
     built_in = job("corporate_headshot")
-    run(api.authorize_style(None, built_in))
+    run(ingress.authorize_style(None, built_in))
     assert built_in.account is None
     custom = job("sty_aaaaaaaaaaaa")
-    run(api.authorize_style(a, custom))
+    run(ingress.authorize_style(a, custom))
     assert custom.account == a
     with pytest.raises(Unauthorized):
-        run(api.authorize_style(None, job("sty_aaaaaaaaaaaa")))
-    for account, style in ((b, "sty_aaaaaaaaaaaa"), (a, "sty_bbbbbbbbbbbb")):
+        run(ingress.authorize_style(None, job("sty_aaaaaaaaaaaa")))
+    for account_id, style in ((b, "sty_aaaaaaaaaaaa"), (a, "sty_bbbbbbbbbbbb")):
         with pytest.raises(NotFound) as info:
-            run(api.authorize_style(account, job(style)))
+            run(ingress.authorize_style(account_id, job(style)))
         assert info.value.code == "style_not_found"
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from avatar.flow import orchestrator
-from avatar.flow.assembly import STAGE_BUILDERS
 from avatar.contracts import GenerateRequest
-from avatar.job import AvatarJob, PhotoInput
+from avatar.flow import orchestrator
+from avatar.flow.assembly import STAGES, build_stage
+from avatar.flow.names import Stage
 from avatar.flow.stages import close_stage
+from avatar.job import AvatarJob, PhotoInput
 
 
 @dataclass
@@ -21,11 +23,15 @@ class LocalPipeline:
     gate: bool = True
 
     def __post_init__(self) -> None:
-        names = [n for n in STAGE_BUILDERS if self.gate or n != "quality_gate"]
-        self.stages = {n: STAGE_BUILDERS[n](self.configs.get(n, {})) for n in names}
+        names = [s for s in STAGES if self.gate or s != Stage.QUALITY_GATE]
+        self.stages = {s.value: build_stage(s, self.configs.get(s.value)) for s in names}
 
-    async def _call(self, name: str, *args: Any) -> AvatarJob:
-        return self.stages[name].run(*args)
+    def _call(self, stage: Stage, *args: Any, method: str = "run") -> asyncio.Future:
+        """Starts the stage once its arguments (earlier results) are ready, like a Serve handle call."""
+        async def run() -> Any:
+            ready = [await a if inspect.isawaitable(a) else a for a in args]
+            return getattr(self.stages[stage], method)(*ready)
+        return asyncio.ensure_future(run())
 
     def close(self) -> None:
         """Release model runtimes (MediaPipe objects must be closed before interpreter exit)."""

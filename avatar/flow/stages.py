@@ -1,7 +1,8 @@
 """The six pipeline stages (plus the quality gate) as plain objects: `run(job) -> job`.
 
 Each stage holds its loaded components and does one step; Serve deployments wrap one stage each, the in-process
-pipeline (CLI, tests, benchmarks) calls them directly. Nothing here knows about Ray.
+pipeline (CLI, tests, benchmarks) calls them directly. Nothing here knows about Ray. Every image a stage no longer
+needs is dropped from the job before it leaves, so each hop carries only what the next stages read.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import io
 import time
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Iterator
 
 import numpy as np
@@ -17,13 +17,14 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from avatar import __version__
-from avatar.errors import InvalidRequest, NoFaceDetected
-from avatar.store.fetch import FetchPolicy, fetch_image
-from avatar.vision.imageio import (DecodeLimits, decode_mask, decode_photo, decode_trusted, encode_jpeg, encode_lossless,
-                            encode_mask)
-from avatar.job import AvatarJob, PhotoInput
 from avatar.catalog.platforms import PLATFORMS
+from avatar.errors import InvalidRequest, NoFaceDetected
+from avatar.flow.attempts import Attempt, Outcome, Verdict
+from avatar.flow.names import Stage
+from avatar.job import AvatarJob, PhotoInput
+from avatar.store.fetch import FetchPolicy, fetch_image
 from avatar.store.storage import Storage
+from avatar.vision.imageio import DecodeLimits, Pixels, decode_photo, decode_trusted, encode_jpeg, encode_lossless
 
 
 @contextmanager
@@ -43,7 +44,7 @@ def timed(job: AvatarJob | list[AvatarJob], name: str) -> Iterator[None]:
 class LoadPhotoStage:
     """Fetch (URL) and decode untrusted bytes into an upright RGB photo, re-encoded for the next hop."""
 
-    name = "load_photo"
+    name = Stage.LOAD_PHOTO
 
     def __init__(self, limits: DecodeLimits = DecodeLimits(), fetch_policy: FetchPolicy = FetchPolicy(),
                  max_working_side: int = 2048, inputs=None) -> None:
@@ -59,16 +60,17 @@ class LoadPhotoStage:
     def run(self, job: AvatarJob, source: PhotoInput) -> AvatarJob:
         with timed(job, self.name):
             if source.input_id is not None:
-                job.photo = self._cache().get(job.account, source.input_id)
-                with Image.open(io.BytesIO(job.photo)) as img:
-                    job.photo_size = img.size
+                rgb = decode_trusted(self._cache().get(job.account, source.input_id))
+                job.photo_size = (rgb.shape[1], rgb.shape[0])
+                job.photo = Pixels.of(rgb)
                 return job
             rgb = self.load(source)
             job.photo_size = (rgb.shape[1], rgb.shape[0])
             rgb = _limit_side(rgb, self.max_working_side)
-            job.photo = encode_lossless(rgb) if rgb.size <= 1_500_000 * 3 else encode_jpeg(rgb, 95)
+            job.photo = Pixels.of(rgb)
             if source.cache:
-                job.input_id, job.input_expires_at = self._cache().put(job.account, job.photo)
+                stored = encode_lossless(rgb) if rgb.size <= 1_500_000 * 3 else encode_jpeg(rgb, 95)
+                job.input_id, job.input_expires_at = self._cache().put(job.account, stored)
         return job
 
     def _cache(self):
@@ -91,7 +93,7 @@ def _limit_side(rgb: np.ndarray, side: int) -> np.ndarray:
 class FaceDetectStage:
     """Find the dominant face, score the input, align the head to the platform's template, embed the identity."""
 
-    name = "face_detect"
+    name = Stage.FACE_DETECT
 
     def __init__(self, analyzer, identity, work_size: int = 512, min_coverage: float = 0.15) -> None:
         self.analyzer = analyzer
@@ -108,7 +110,7 @@ class FaceDetectStage:
     def check(self, job: AvatarJob) -> dict:
         """The pre-flight report of `POST /v1/avatar/check`: what generate would see, without generating."""
         with timed(job, "check"):
-            rgb = decode_trusted(job.photo)
+            rgb = job.photo.array()
             faces, report = self.inspect(rgb)
         face = faces[0] if faces else None
         warnings = [{"code": w.code, "message": w.message} for w in report.warnings]
@@ -125,12 +127,12 @@ class FaceDetectStage:
                 if face else None,
                 "input_quality_score": round(float(report.score), 4), "validation_warnings": warnings,
                 "accepted": bool(face) and coverage >= self.min_coverage,
-                "width": job.photo_size[0], "height": job.photo_size[1]}
+                "width": job.photo_size[0], "height": job.photo_size[1], **job.input_fields()}
 
     def run(self, job: AvatarJob) -> AvatarJob:
         from avatar.vision.face.align import align_face
         with timed(job, self.name):
-            rgb = decode_trusted(job.photo)
+            rgb = job.photo.array()
             faces, report = self.inspect(rgb)
             job.face_count = len(faces)
             job.input_quality_score = round(float(report.score), 4)
@@ -153,7 +155,7 @@ class FaceDetectStage:
             if len(faces) > 1:
                 job.warn("multiple_faces", f"{len(faces)} faces found; the largest, most central one was used")
             aligned = align_face(rgb, face, PLATFORMS[job.platform].framing, self.work_size)
-            job.aligned = encode_lossless(aligned.image)
+            job.aligned = Pixels.of(aligned.image)
             job.work_size = aligned.image.shape[0]
             job.landmarks = aligned.landmarks.astype(np.float32)
             job.face_box = tuple(float(v) for v in aligned.face_box)
@@ -170,31 +172,36 @@ def engine_used(engine, job: AvatarJob):
 
 
 class StyleApplyStage:
-    name = "style_apply"
+    """Renders one attempt: the analysed job (shared by every attempt) is copied with the attempt's parameters."""
+
+    name = Stage.STYLE_APPLY
 
     def __init__(self, engine) -> None:
         self.engine = engine
 
-    def run(self, job: AvatarJob) -> AvatarJob:
+    def run(self, job: AvatarJob, attempt: Attempt | None = None) -> AvatarJob:
+        job = job.for_attempt(attempt) if attempt is not None else job
         with timed(job, self.name):
-            styled = self.engine.apply(decode_trusted(job.aligned), job.landmarks, job.spec())
+            styled = self.engine.apply(job.aligned.array(), job.landmarks, job.spec())
             self._finish(job, styled)
         return job
 
-    def run_batch(self, jobs: list[AvatarJob]) -> list[AvatarJob]:
+    def run_batch(self, jobs: list[AvatarJob], attempts: list[Attempt | None] | None = None) -> list[AvatarJob]:
         """Many jobs in one engine call (`apply_batch`); engines without it style them one by one."""
+        attempts = attempts or [None] * len(jobs)
+        jobs = [j.for_attempt(a) if a is not None else j for j, a in zip(jobs, attempts)]
         apply_batch = getattr(self.engine, "apply_batch", None)
         if apply_batch is None or not jobs:
             return [self.run(job) for job in jobs]
         with timed(jobs, self.name):
-            styled = apply_batch([decode_trusted(j.aligned) for j in jobs], [j.landmarks for j in jobs],
+            styled = apply_batch([j.aligned.array() for j in jobs], [j.landmarks for j in jobs],
                                  [j.spec() for j in jobs])
             for job, image in zip(jobs, styled):
                 self._finish(job, image)
         return jobs
 
     def _finish(self, job: AvatarJob, styled: np.ndarray) -> None:
-        job.styled = encode_lossless(styled)
+        job.styled = Pixels.of(styled)
         engine = engine_used(self.engine, job)
         job.versions["style_engine"] = f"{engine.name}/{engine.version}"
         model_ids = getattr(engine, "model_ids", None)   # per style when the engine loads several models
@@ -205,7 +212,7 @@ class StyleApplyStage:
 
 # ---------------------------------------------------------------- BgGenerate
 class BgGenerateStage:
-    name = "bg_generate"
+    name = Stage.BG_GENERATE
 
     def __init__(self, segmenter, engine) -> None:
         self.segmenter = segmenter
@@ -214,7 +221,7 @@ class BgGenerateStage:
     def run(self, job: AvatarJob) -> AvatarJob:
         with timed(job, self.name):
             self._ensure_mask(job)
-            out = self.engine.render(decode_trusted(job.styled), decode_mask(job.mask), job.landmarks, job.spec())
+            out = self.engine.render(job.styled.array(), job.mask.mask(), job.landmarks, job.spec())
             self._finish(job, out)
         return job
 
@@ -226,34 +233,34 @@ class BgGenerateStage:
         with timed(jobs, self.name):
             for job in jobs:
                 self._ensure_mask(job)
-            out = render_batch([decode_trusted(j.styled) for j in jobs], [decode_mask(j.mask) for j in jobs],
+            out = render_batch([j.styled.array() for j in jobs], [j.mask.mask() for j in jobs],
                                [j.landmarks for j in jobs], [j.spec() for j in jobs])
             for job, image in zip(jobs, out):
                 self._finish(job, image)
         return jobs
 
     def _ensure_mask(self, job: AvatarJob) -> None:
-        if job.mask is None:   # the mask depends only on the aligned crop: computed once, kept for retries
-            job.mask = encode_mask(self.segmenter.mask(decode_trusted(job.aligned)))
+        if job.mask is None:
+            job.mask = Pixels.of_mask(self.segmenter.mask(job.aligned.array()))
 
     def _finish(self, job: AvatarJob, composed: np.ndarray) -> None:
-        job.composed = encode_lossless(composed)
+        job.composed, job.styled = Pixels.of(composed), None
         engine = engine_used(self.engine, job)
         job.versions["background_engine"] = f"{engine.name}/{engine.version}"
 
 
 # ---------------------------------------------------------------- DetailEnhance
 class DetailEnhanceStage:
-    name = "detail_enhance"
+    name = Stage.DETAIL_ENHANCE
 
     def __init__(self, enhancer) -> None:
         self.enhancer = enhancer
 
     def run(self, job: AvatarJob) -> AvatarJob:
         with timed(job, self.name):
-            result = self.enhancer.enhance(decode_trusted(job.composed), job.landmarks, job.size, job.style)
+            result = self.enhancer.enhance(job.composed.array(), job.landmarks, job.size, job.style)
             image = getattr(result, "image", result)
-            job.output = encode_lossless(image)
+            job.output, job.composed = Pixels.of(image), None
             used = getattr(result, "upscaler_used", None)
             if used:
                 job.versions["upscaler"] = str(used) if isinstance(used, str) else "realesr-animevideov3-x4"
@@ -262,29 +269,31 @@ class DetailEnhanceStage:
 
 # ---------------------------------------------------------------- QualityGate
 class QualityGateStage:
-    """Face presence, likeness against the input face, content safety: decides retries and billing."""
+    """Face presence, likeness against the input face, content safety: decides retries and billing.
 
-    name = "quality_gate"
+    Answers a small `Verdict`, not the job: the orchestrator decides on it while the rendered job stays where it is.
+    """
+
+    name = Stage.QUALITY_GATE
 
     def __init__(self, gate) -> None:
         self.gate = gate
 
-    def run(self, job: AvatarJob) -> AvatarJob:
+    def run(self, job: AvatarJob) -> Verdict:
         from avatar.gate import IdentityRef, plan_retry
         with timed(job, self.name):
-            ref = IdentityRef(job.identity_ref, aligned=decode_trusted(job.aligned))
-            job.gate = self.gate.evaluate(decode_trusted(job.output), job.output_face_box(), ref, job.platform,
-                                          job.style)
-            job.likeness_score = float(job.gate.likeness)
-            job.retry = plan_retry(job.attempt, job.intensity, job.gate, self.gate.config)
-        return job
+            ref = IdentityRef(job.identity_ref, aligned=job.aligned.array())
+            result = self.gate.evaluate(job.output.array(), job.output_face_box(), ref, job.platform, job.style)
+            retry = plan_retry(job.attempt, job.intensity, result, self.gate.config)
+        attempt = Attempt(job.attempt, job.intensity, job.background, job.palette)
+        return Verdict(attempt, result, retry, dict(job.timings))
 
 
 # ---------------------------------------------------------------- SaveAvatar
 class SaveAvatarStage:
     """Final PNG with text metadata plus a 100x100 thumbnail, written to storage; returns their keys."""
 
-    name = "save_avatar"
+    name = Stage.SAVE_AVATAR
 
     def __init__(self, storage: Storage, thumbnail_size: int = 100, compress_level: int = 3) -> None:
         self.storage = storage
@@ -301,9 +310,15 @@ class SaveAvatarStage:
         meta.update({f"avatar:{k}": v for k, v in sorted(job.versions.items())})
         return meta
 
-    def run(self, job: AvatarJob) -> AvatarJob:
+    def run(self, job: AvatarJob, outcome: Outcome | None = None) -> AvatarJob:
+        """Stores the chosen attempt; `outcome` (None without a quality gate: delivered as is, billable) brings the
+        gate's verdicts."""
+        if outcome is not None:
+            outcome.apply(job)
+        else:
+            job.billable = True
         with timed(job, self.name):
-            image = Image.fromarray(decode_trusted(job.output))
+            image = Image.fromarray(job.output.array())
             info = PngInfo()
             for key, value in self.metadata(job).items():
                 info.add_text(key, value)
@@ -313,7 +328,8 @@ class SaveAvatarStage:
             self.storage.put(job.avatar_key, _png(image, info, self.compress_level))
             thumb = image.resize((self.thumbnail_size, self.thumbnail_size), Image.Resampling.LANCZOS)
             self.storage.put(job.thumbnail_key, _png(thumb, info, self.compress_level))
-            job.styled = job.composed = job.aligned = job.mask = None   # keep the reply small
+            job.styled = job.composed = job.aligned = job.mask = job.output = None   # keep the reply small
+            job.identity_ref = job.landmarks = None
         return job
 
 
@@ -329,15 +345,3 @@ def close_stage(stage: object) -> None:
         close = getattr(getattr(stage, attr, None), "close", None)
         if callable(close):
             close()
-
-
-def retry_job(base: AvatarJob, attempt: AvatarJob, intensity: float, safer_background: bool) -> AvatarJob:
-    """The next attempt: same aligned face (and mask), the planned intensity, a calmer background if asked."""
-    background, palette = attempt.background, attempt.palette
-    if safer_background:
-        from avatar.engines.cpu_background import safer_background as calm
-        calmer = calm(attempt.spec())
-        background, palette = calmer.background, calmer.palette
-    return replace(base, intensity=intensity, background=background, palette=palette, mask=attempt.mask,
-                   attempt=attempt.attempt + 1, timings=dict(attempt.timings), warnings=list(base.warnings),
-                   versions=dict(attempt.versions), styled=None, composed=None, output=None, gate=None, retry=None)

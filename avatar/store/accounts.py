@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol, runtime_checkable
 
-from avatar.settings import local_secret
 from avatar.contracts import is_style_token
 from avatar.errors import InvalidRequest
+from avatar.settings import settings
 
 KEY_PREFIX = "avk_"
-DEFAULT_ACCOUNTS_URI = "sqlite:///var/accounts.sqlite3"
 
 
 @dataclass(frozen=True)
@@ -194,17 +193,15 @@ def _split_key(api_key: str | None) -> tuple[str, str]:
 
 def _load_pepper(path: Path | None) -> bytes:
     """`AVATAR_ACCOUNT_PEPPER`, else a random pepper written once (0600) beside the database."""
-    if path is None:
-        return os.environ.get("AVATAR_ACCOUNT_PEPPER", "").encode() or secrets.token_bytes(32)
-    return local_secret("AVATAR_ACCOUNT_PEPPER", path)
+    return settings().pepper(path)
 
 
 def open_account_store(uri: str | None = None) -> AccountStore:
-    """The store named by `uri` (default `AVATAR_ACCOUNTS_URI`, else `sqlite:///var/accounts.sqlite3`).
+    """The store named by `uri` (default `AVATAR_ACCOUNTS_URI`, else `<data dir>/accounts.sqlite3`).
 
     `sqlite:///relative/path`, `sqlite:////absolute/path`, `sqlite://:memory:`. Other backends register in `BACKENDS`.
     """
-    uri = uri or os.environ.get("AVATAR_ACCOUNTS_URI") or DEFAULT_ACCOUNTS_URI
+    uri = uri or settings().resolved_accounts_uri
     scheme, sep, rest = uri.partition("://")
     if not sep or scheme not in BACKENDS:
         raise ValueError(f"unsupported account store URI {uri!r}; schemes: {', '.join(sorted(BACKENDS))}")

@@ -9,7 +9,6 @@ those sources bypass the pinned hash unless one is given.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avatar.errors import ModelUnavailable
+from avatar.settings import settings
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,7 @@ DEFAULT_COMPONENTS: tuple[str, ...] = ("face_detector", "face_detector_full", "f
 
 def models_dir() -> Path:
     """The cache directory: `AVATAR_MODELS_DIR`, else `$XDG_CACHE_HOME/avatar-service/models`."""
-    env = os.environ.get("AVATAR_MODELS_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "avatar-service" / "models"
+    return settings().resolved_models_dir
 
 
 def files_of(component: str) -> list[ModelFile]:
@@ -101,7 +97,7 @@ def sha256_of(path: Path) -> str:
 
 
 def _override(component: str) -> str | None:
-    return os.environ.get(f"AVATAR_MODEL_{component.upper()}")
+    return settings().model_source(component)
 
 
 def resolve(component: str, source: str | None = None) -> Path:

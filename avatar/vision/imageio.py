@@ -1,6 +1,8 @@
 """Image bytes in and out: format sniffing by content, EXIF orientation, size and pixel limits, fast encodings.
 
-Between pipeline stages images travel encoded (`encode_lossless` / `decode_trusted`), never as raw arrays.
+Between pipeline stages images travel as `Pixels`: the raw buffer and its shape, no codec. At 512 px a PNG hop cost
+~23 ms to encode and ~8 ms to decode (level 1) for every stage; raw bytes cost nothing to produce and Ray's object
+store moves them without a copy. PNG is kept for what leaves the service (stored avatars, cached inputs).
 """
 
 from __future__ import annotations
@@ -105,8 +107,37 @@ def _short(exc: BaseException) -> str:
     return (str(exc) or type(exc).__name__)[:120]
 
 
+@dataclass(frozen=True)
+class Pixels:
+    """A uint8 image (H, W) or (H, W, C) as bytes plus shape: what stages hand each other."""
+
+    data: bytes
+    shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, image: np.ndarray) -> "Pixels":
+        image = np.ascontiguousarray(image, dtype=np.uint8)
+        return cls(image.tobytes(), tuple(image.shape))
+
+    @classmethod
+    def of_mask(cls, mask: np.ndarray) -> "Pixels":
+        """A float 0..1 mask, quantised to 8 bits."""
+        return cls.of((np.clip(mask, 0, 1) * 255 + 0.5).astype(np.uint8))
+
+    def array(self) -> np.ndarray:
+        """A writable copy (engines may work in place)."""
+        return np.frombuffer(self.data, np.uint8).reshape(self.shape).copy()
+
+    def mask(self) -> np.ndarray:
+        return np.frombuffer(self.data, np.uint8).reshape(self.shape).astype(np.float32) / 255.0
+
+    @property
+    def side(self) -> int:
+        return self.shape[0]
+
+
 def encode_lossless(rgb: np.ndarray) -> bytes:
-    """Fast lossless encoding for hops between stages (PNG, low compression)."""
+    """Fast lossless encoding (PNG, low compression): cached inputs."""
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

@@ -1,0 +1,27 @@
+"""The HTTP API: one FastAPI app, one router per resource, one error mapping, a generated OpenAPI document.
+
+Routes are plain functions (`service/routes/`); `service.ingress.AvatarIngress` serves this app through
+`@serve.ingress` and gives routes its handles and configuration through `service.dependencies`.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from avatar import __version__
+from service import errors, openapi
+from service.routes import avatar, files, ops, styles
+
+app = FastAPI(
+    title="Avatar generation service",
+    version=__version__,
+    description="Turn a casual photo into a platform-ready profile picture. Errors are JSON "
+                "`{\"error\": {\"code\", \"message\", \"field\"}}`; `Authorization: Bearer <api key>` identifies "
+                "the account.",
+    docs_url="/docs",
+    redoc_url=None,
+)
+for router in (avatar.router, styles.router, files.router, ops.router):
+    app.include_router(router)
+errors.install(app)
+openapi.install(app)

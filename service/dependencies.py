@@ -1,0 +1,36 @@
+"""What routes depend on: the ingress replica serving them, and the caller's account (API key)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, Request
+from ray import serve
+
+if TYPE_CHECKING:
+    from service.ingress import AvatarIngress
+
+
+def get_ingress() -> "AvatarIngress":
+    """The deployment instance of this replica: its handles, configuration and per-replica state."""
+    return serve.get_replica_context().servable_object
+
+
+Ingress = Annotated[Any, Depends(get_ingress)]   # AvatarIngress; Any keeps FastAPI from resolving the type
+
+
+async def caller_account(request: Request, ingress: Ingress) -> str | None:
+    """The account of the request's API key (None without one); 401 for a wrong key, or for no key when the
+    operator set `require_api_key`. Runs before the body is read."""
+    if ingress.config.require_api_key:
+        return await ingress.auth.require(request.headers)
+    return await ingress.auth.account(request.headers)
+
+
+async def required_account(request: Request, ingress: Ingress) -> str:
+    """The account of the request's API key; 401 without a valid one."""
+    return await ingress.auth.require(request.headers)
+
+
+Account = Annotated[str | None, Depends(caller_account)]
+RequiredAccount = Annotated[str, Depends(required_account)]

@@ -1,0 +1,85 @@
+"""`/v1/avatar`: generate an avatar from a photo, or check a photo before generating."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse
+
+from avatar.contracts import CheckRequest, CheckResponse, GenerateRequest, GenerateResponse, parse_request
+from avatar.flow import orchestrator
+from avatar.job import AvatarJob, PhotoInput
+from avatar.vision.imageio import b64decode_image
+from service.dependencies import Account, Ingress
+from service.errors import as_avatar_error, error_response
+from service.http import read_photo_payload
+from service.openapi import ERRORS, json_or_form_body
+
+log = logging.getLogger("avatar.routes")
+
+router = APIRouter(prefix="/v1/avatar", tags=["avatar"])
+
+
+@router.post("/generate", response_model=GenerateResponse, responses=ERRORS,
+             openapi_extra=json_or_form_body(GenerateRequest, "image", "GenerateForm"),
+             summary="Turn a photo into a platform-ready avatar")
+async def generate(request: Request, ingress: Ingress, account: Account) -> GenerateResponse | JSONResponse:
+    """JSON with `image` (base64), `image_url` or `input_id`, or a multipart form with an `image` file part."""
+    started = time.perf_counter()
+    payload, upload = await read_photo_payload(request, ingress.config.max_body_bytes)
+    req: GenerateRequest = parse_request(GenerateRequest, payload)
+    job = AvatarJob(request_id=AvatarJob.new_request_id(), style=req.resolved_style, platform=req.platform,
+                    size=req.size, intensity=req.resolved_intensity, palette=req.palette, background=req.background)
+    await ingress.authorize_style(account, job)   # a custom token must be the account's own
+    timeout = ingress.config.request_timeout_s
+    try:
+        done = await asyncio.wait_for(
+            orchestrator.generate(job, photo_input(req, upload), ingress.stage_call(job), ingress.gated), timeout)
+    except Exception as exc:  # noqa: BLE001 - every failure answers JSON; the service stays up
+        error = as_avatar_error(exc, timeout)
+        if error.status >= 500:
+            log.error("request %s failed: %s (%s)", job.request_id, error.message, type(exc).__name__)
+        job.input_quality_score = float(error.extra.get("input_quality_score", 0.0))
+        ingress.telemetry.refused(job, error.code, _ms(started))
+        return error_response(error, job.request_id)
+    body = ingress.response(request, done, _ms(started))
+    ingress.telemetry.delivered(done, body.latency_ms)
+    return body
+
+
+@router.post("/check", response_model=CheckResponse, responses=ERRORS,
+             openapi_extra=json_or_form_body(CheckRequest, "image", "CheckForm"),
+             summary="Pre-flight checks of a photo (no generation, no charge)")
+async def check(request: Request, ingress: Ingress, account: Account) -> CheckResponse | JSONResponse:
+    """Face count, coverage, head angle and quality, as generate would see them."""
+    payload, upload = await read_photo_payload(request, ingress.config.max_body_bytes)
+    req: CheckRequest = parse_request(CheckRequest, payload)
+    job = AvatarJob(request_id=AvatarJob.new_request_id(), style="", platform=req.platform, size=0, intensity=0,
+                    account=account)
+    timeout = ingress.config.request_timeout_s
+    try:
+        report = await asyncio.wait_for(orchestrator.check(job, photo_input(req, upload), ingress.stage_call(job)),
+                                        timeout)
+    except Exception as exc:  # noqa: BLE001 - every failure answers JSON; the service stays up
+        error = as_avatar_error(exc, timeout)
+        ingress.telemetry.checked(error.code)
+        return error_response(error, job.request_id)
+    ingress.telemetry.checked("accepted" if report["accepted"] else "not_accepted")
+    return CheckResponse(**report, platform=req.platform, request_id=job.request_id)
+
+
+def photo_input(req: GenerateRequest | CheckRequest, upload: bytes | None) -> PhotoInput:
+    if req.input_id is not None:
+        return PhotoInput(input_id=req.input_id, field="input_id")
+    if upload is not None:
+        return PhotoInput(data=upload, field="image", cache=req.cache_input)
+    if req.image is not None:
+        return PhotoInput(data=b64decode_image(req.image), field="image", cache=req.cache_input)
+    return PhotoInput(url=req.image_url, field="image_url", cache=req.cache_input)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)

@@ -1,0 +1,22 @@
+"""Liveness and this replica's counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service.dependencies import Ingress
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="Liveness")
+@router.head("/healthz", include_in_schema=False)
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/v1/stats", summary="This ingress replica's request counts and gate pass rates")
+async def stats(ingress: Ingress) -> dict[str, Any]:
+    return ingress.telemetry.summary()
