@@ -113,3 +113,21 @@ def test_a_replica_refuses_an_invalid_user_config_at_start_up():
     from service.replicas import StyleApply
     with pytest.raises(ConfigError, match=r"StyleApply\.user_config\.batch\.max_batch_size"):
         StyleApply.func_or_class().reconfigure({"batch": {"max_batch_size": 0}})
+
+
+def test_the_launcher_applies_the_configs_http_options():
+    """`request_timeout_s` and `keep_alive_timeout_s` of serve_config.yaml reach serve.start, on the given address."""
+    from service.launcher import http_options
+    options = http_options(load_config(), "127.0.0.1", 8123)
+    assert options["host"] == "127.0.0.1" and options["port"] == 8123
+    assert options["request_timeout_s"] == 90 and options["keep_alive_timeout_s"] == 15
+
+
+def test_the_embedded_ray_gets_the_proxy_guard_and_no_auth_opt_out(monkeypatch):
+    from service.launcher import ray_environment
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    env = ray_environment()
+    assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "service.proxy_guard:proxy_middlewares"
+    assert env.get("RAY_AUTH_MODE") != "disabled" and env["RAY_AUTH_TOKEN_PATH"]
+    assert int(env["AVATAR_PROXY_MAX_BODY_BYTES"]) > 20 * 2**20 and int(env["AVATAR_PROXY_MAX_UPLOAD_BYTES"]) > 200 * 2**20

@@ -46,13 +46,13 @@ def job_resources(cfg: Any, cluster: dict[str, float]) -> dict[str, float]:
     return {name: amount for name, amount in wanted.items() if name in cluster}
 
 
-def check_fits(cfg: Any, cluster: dict[str, float]) -> None:
-    """A job bigger than any node's budget would stay queued forever: refuse it at submission instead."""
-    from training.runner import ResourcesUnavailable
+def exceeds_budget(cfg: Any, cluster: dict[str, float]) -> str | None:
+    """Why a job bigger than the cluster's budget would stay queued forever (None when it fits)."""
     for name, amount in job_resources(cfg, cluster).items():
         if amount > cluster.get(name, 0.0) + 1e-9:
-            raise ResourcesUnavailable(f"the job needs {amount:g} {name} and the cluster offers {cluster[name]:g}; "
-                                       "use fewer workers or CPUs per worker", field="num_workers")
+            return (f"the job needs {amount:g} {name} and the cluster offers {cluster[name]:g}; use fewer workers "
+                    "or CPUs per worker")
+    return None
 
 
 # ---------------------------------------------------------------- what a job started, and stopping all of it

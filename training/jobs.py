@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from avatar.errors import NotFound, TooManyRequests
 from avatar.store.storage import Storage
 from training.dataset import load_examples
-from training.gate import check_fits, job_resources
+from training.gate import exceeds_budget, job_resources
 from training.records import (ACTIVE_STATES, CANCELLED, QUEUED, RUNNING, JobStatus, ProgressWriter, job_id_of,
                               new_job_id, record_key, records_prefix, uploads_prefix)
 
@@ -71,7 +71,10 @@ class StyleJobs:
         if trainer.precheck:
             trainer.precheck(cfg)
         cluster = _cluster_resources()
-        check_fits(cfg, cluster)
+        too_big = exceeds_budget(cfg, cluster)
+        if too_big:
+            from training.runner import ResourcesUnavailable
+            raise ResourcesUnavailable(too_big, field="num_workers")
         status = ProgressWriter(self.storage_uri, account_id, cfg.job_id).update(
             state=QUEUED, token_id=cfg.token_id, epochs=cfg.epochs, examples=len(examples.names))
         _launch(cfg, job_resources(cfg, cluster))
