@@ -46,6 +46,14 @@ class Admission:
 
     @asynccontextmanager
     async def turn(self, account: str | None) -> AsyncIterator[None]:
+        await self.acquire(account)
+        try:
+            yield
+        finally:
+            self.release(account)
+
+    async def acquire(self, account: str | None) -> None:
+        """A turn for `account`, at once, after a bounded wait, or Overloaded / TooManyRequests."""
         cfg = self.config
         if account is not None and self.by_account[account] >= cfg.per_account:
             raise TooManyRequests(f"this API key already has {cfg.per_account} requests in progress; retry after "
@@ -55,15 +63,19 @@ class Admission:
             self.by_account[account] += 1
         try:
             await self._acquire(cfg)
-            try:
-                yield
-            finally:
-                self._release()
-        finally:
-            if account is not None:
-                self.by_account[account] -= 1
-                if self.by_account[account] <= 0:
-                    del self.by_account[account]
+        except BaseException:
+            self._forget(account)
+            raise
+
+    def release(self, account: str | None) -> None:
+        self._release()
+        self._forget(account)
+
+    def _forget(self, account: str | None) -> None:
+        if account is not None:
+            self.by_account[account] -= 1
+            if self.by_account[account] <= 0:
+                del self.by_account[account]
 
     async def _acquire(self, cfg: AdmissionConfig) -> None:
         if self.running < cfg.max_running and not self._waiters:

@@ -3,8 +3,8 @@
 glibc keeps freed heap memory in its arenas (one per thread that allocated, up to 8 per core) and raises its mmap
 threshold after large frees, so a replica that decoded a few 40-megapixel photos in worker threads stays at its
 peak RSS for good. `MALLOC_ARENA_MAX=2` (set for every Ray process by the launcher and in k8s) bounds the arenas;
-`release()` asks glibc to return free pages (`malloc_trim`), at most once per `min_interval_s` per process. There is
-no packaged binding for malloc_trim, hence the three lines of ctypes.
+`release()` asks pyarrow's memory pool and glibc to return free pages (`malloc_trim`), at most once per
+`min_interval_s` per process. There is no packaged binding for malloc_trim, hence the few lines of ctypes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,14 @@ _libc = None
 
 
 def _trim() -> bool:
+    """pyarrow's own allocator (storage writes, the usage log) first, then glibc's heap."""
+    import sys
+    if "pyarrow" in sys.modules:
+        sys.modules["pyarrow"].default_memory_pool().release_unused()
+    return _malloc_trim()
+
+
+def _malloc_trim() -> bool:
     global _libc
     if _libc is None:
         name = ctypes.util.find_library("c")

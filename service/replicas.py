@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -38,6 +39,9 @@ class StageReplica:
         self.stage: Any = None
         self.config: StageConfig | None = None
         self._lock = threading.Lock()   # model runtimes are not re-entrant; replicas give the parallelism
+        # one worker thread for the stage: jobs run one at a time anyway, and model runtimes keep per-thread buffers
+        # that a pool of threads would multiply
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"stage-{self.stage_name.value}")
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """Called by Serve at start-up and on every `user_config` change; an invalid config fails naming its field."""
@@ -66,7 +70,7 @@ class StageReplica:
         """Runs `stage.<method>(*args)` in a worker thread, one at a time per replica."""
         if self.stage is None:   # deployed without a user_config: build with defaults
             self.reconfigure({})
-        return await asyncio.to_thread(self._call, method, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self._call, method, *args)
 
     async def run(self, *args: Any) -> Any:
         return await self.call("run", *args)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from avatar.contracts import CheckRequest, CheckResponse, GenerateRequest, GenerateResponse, parse_request
+from avatar.errors import AvatarError
 from avatar.flow import orchestrator
 from avatar.job import AvatarJob, PhotoInput
 from avatar.vision.imageio import b64decode_image
@@ -30,27 +33,29 @@ router = APIRouter(prefix="/v1/avatar", tags=["avatar"])
 async def generate(request: Request, ingress: Ingress, account: Account) -> GenerateResponse | JSONResponse:
     """JSON with `image` (base64), `image_url` or `input_id`, or a multipart form with an `image` file part."""
     started = time.perf_counter()
-    payload, upload = await read_photo_payload(request, ingress.config.max_body_bytes)
-    req: GenerateRequest = parse_request(GenerateRequest, payload)
-    job = AvatarJob(request_id=AvatarJob.new_request_id(), style=req.resolved_style, platform=req.platform,
-                    size=req.size, intensity=req.resolved_intensity, palette=req.palette, background=req.background)
-    await ingress.auth.authorize_style(account, job)   # a custom token must be the account's own
-    timeout = ingress.config.request_timeout_s
-
-    async def admitted() -> AvatarJob:
-        async with ingress.admission.turn(account):
-            return await orchestrator.generate(job, photo_input(req, upload), ingress.stage_call(job), ingress.gated)
-    try:
-        done = await asyncio.wait_for(admitted(), timeout)
-    except Exception as exc:  # noqa: BLE001 - every failure answers JSON; the service stays up
-        error = as_avatar_error(exc, timeout)
-        if error.status >= 500:
-            log.error("request %s failed: %s (%s)", job.request_id, error.message, type(exc).__name__)
-        job.input_quality_score = float(error.extra.get("input_quality_score", 0.0))
-        await asyncio.to_thread(ingress.telemetry.refused, job, error.code, _ms(started))   # durable first
-        return error_response(error, job.request_id)
-    body = ingress.response(request, done, _ms(started))
-    await asyncio.to_thread(ingress.telemetry.delivered, done, body.latency_ms)   # the row is on disk before the answer
+    async with admitted(ingress, account, started, "generate") as refusal:
+        if refusal is not None:
+            return refusal
+        payload, upload = await read_photo_payload(request, ingress.config.max_body_bytes)
+        req: GenerateRequest = parse_request(GenerateRequest, payload)
+        job = AvatarJob(request_id=AvatarJob.new_request_id(), style=req.resolved_style, platform=req.platform,
+                        size=req.size, intensity=req.resolved_intensity, palette=req.palette,
+                        background=req.background)
+        await ingress.auth.authorize_style(account, job)   # a custom token must be the account's own
+        timeout = ingress.config.request_timeout_s
+        try:
+            done = await asyncio.wait_for(
+                orchestrator.generate(job, photo_input(req, upload), ingress.stage_call(job), ingress.gated),
+                _left(timeout, started))
+        except Exception as exc:  # noqa: BLE001 - every failure answers JSON; the service stays up
+            error = as_avatar_error(exc, timeout)
+            if error.status >= 500:
+                log.error("request %s failed: %s (%s)", job.request_id, error.message, type(exc).__name__)
+            job.input_quality_score = float(error.extra.get("input_quality_score", 0.0))
+            await asyncio.to_thread(ingress.telemetry.refused, job, error.code, _ms(started))   # durable first
+            return error_response(error, job.request_id)
+        body = ingress.response(request, done, _ms(started))
+        await asyncio.to_thread(ingress.telemetry.delivered, done, body.latency_ms)   # on disk before the answer
     memory.release()   # a large body must not leave the ingress at its peak RSS
     return body
 
@@ -60,24 +65,54 @@ async def generate(request: Request, ingress: Ingress, account: Account) -> Gene
              summary="Pre-flight checks of a photo (no generation, no charge)")
 async def check(request: Request, ingress: Ingress, account: Account) -> CheckResponse | JSONResponse:
     """Face count, coverage, head angle and quality, as generate would see them."""
-    payload, upload = await read_photo_payload(request, ingress.config.max_body_bytes)
-    req: CheckRequest = parse_request(CheckRequest, payload)
-    job = AvatarJob(request_id=AvatarJob.new_request_id(), style="", platform=req.platform, size=0, intensity=0,
-                    account=account)
-    timeout = ingress.config.request_timeout_s
-
-    async def admitted() -> dict:
-        async with ingress.admission.turn(account):
-            return await orchestrator.check(job, photo_input(req, upload), ingress.stage_call(job))
-    try:
-        report = await asyncio.wait_for(admitted(), timeout)
-    except Exception as exc:  # noqa: BLE001 - every failure answers JSON; the service stays up
-        error = as_avatar_error(exc, timeout)
-        ingress.telemetry.checked(error.code)
-        return error_response(error, job.request_id)
-    ingress.telemetry.checked("accepted" if report["accepted"] else "not_accepted")
+    started = time.perf_counter()
+    async with admitted(ingress, account, started, "check") as refusal:
+        if refusal is not None:
+            return refusal
+        payload, upload = await read_photo_payload(request, ingress.config.max_body_bytes)
+        req: CheckRequest = parse_request(CheckRequest, payload)
+        job = AvatarJob(request_id=AvatarJob.new_request_id(), style="", platform=req.platform, size=0, intensity=0,
+                        account=account)
+        timeout = ingress.config.request_timeout_s
+        try:
+            report = await asyncio.wait_for(orchestrator.check(job, photo_input(req, upload), ingress.stage_call(job)),
+                                            _left(timeout, started))
+        except Exception as exc:  # noqa: BLE001 - every failure answers JSON; the service stays up
+            error = as_avatar_error(exc, timeout)
+            ingress.telemetry.checked(error.code)
+            return error_response(error, job.request_id)
+        ingress.telemetry.checked("accepted" if report["accepted"] else "not_accepted")
     memory.release()
     return CheckResponse(**report, platform=req.platform, request_id=job.request_id)
+
+
+@asynccontextmanager
+async def admitted(ingress, account: str | None, started: float, route: str) -> AsyncIterator[JSONResponse | None]:
+    """A pipeline turn for the request (yields None), or its refusal (yields the 503/429 answer, recorded like any
+    other request). The turn is taken before the body is read or parsed, so a refusal costs almost nothing."""
+    error: AvatarError | None = None
+    try:
+        await ingress.admission.acquire(account)
+    except AvatarError as refused:
+        error = refused
+    if error is not None:
+        request_id = AvatarJob.new_request_id()
+        if route == "generate":
+            job = AvatarJob(request_id=request_id, style="", platform="", size=0, intensity=0, account=account)
+            await asyncio.to_thread(ingress.telemetry.refused, job, error.code, _ms(started))
+        else:
+            ingress.telemetry.checked(error.code)
+        yield error_response(error, request_id)
+        return
+    try:
+        yield None
+    finally:
+        ingress.admission.release(account)
+
+
+def _left(timeout: float, started: float) -> float:
+    """What remains of the request's deadline (the wait for a turn counts)."""
+    return max(timeout - (time.perf_counter() - started), 0.001)
 
 
 def photo_input(req: GenerateRequest | CheckRequest, upload: bytes | None) -> PhotoInput:
