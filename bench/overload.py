@@ -29,7 +29,30 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.latency import pct, photo_b64, replica_memory  # noqa: E402
+from bench.latency import pct, photo_b64  # noqa: E402
+
+
+def replica_memory() -> tuple[float, float, int]:
+    """RSS and USS (GiB) of this cluster's Serve processes (controller, proxy, replicas), from its own actor table:
+    other Ray clusters on the machine are not counted."""
+    import psutil
+    from ray._private import state
+    rss = uss = 0
+    count = 0
+    for actor in state.actors().values():
+        if actor["State"] != "ALIVE" or not actor.get("Pid"):
+            continue
+        name = actor["ActorClassName"]
+        if not ("ServeReplica" in name or "ServeController" in name or "ProxyActor" in name):
+            continue
+        try:
+            info = psutil.Process(int(actor["Pid"])).memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        rss += info.rss
+        uss += info.uss
+        count += 1
+    return rss / 2**30, uss / 2**30, count
 
 
 def drive(url: str, image: str, clients: int, seconds: float) -> dict:
@@ -59,7 +82,7 @@ def drive(url: str, image: str, clients: int, seconds: float) -> dict:
 
     def sample() -> None:
         while time.monotonic() < stop:
-            peak["rss"] = max(peak["rss"], replica_memory()[0])
+            peak["rss"] = max(peak["rss"], memory()[0])
             time.sleep(2)
 
     started = time.perf_counter()
@@ -73,9 +96,15 @@ def drive(url: str, image: str, clients: int, seconds: float) -> dict:
             "peak_rss": peak["rss"]}
 
 
+def memory() -> tuple[float, float, int]:
+    import ray
+    return replica_memory() if ray.is_initialized() else (float("nan"), float("nan"), 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", help="a running service; default: start the embedded one")
+    parser.add_argument("--url", help="a running service (memory is not measured then); default: start the "
+                                      "embedded one")
     parser.add_argument("--clients", default="8,32,96", help="concurrent clients per level")
     parser.add_argument("--seconds", type=float, default=60.0, help="duration of each level")
     parser.add_argument("--settle", type=float, default=60.0, help="idle time before the last memory reading")
@@ -93,7 +122,7 @@ def main() -> None:
         list(pool.map(lambda _: http.post("/v1/avatar/generate", json={"image": image}).raise_for_status(),
                       range(12)))
     time.sleep(10)
-    idle, _, count = replica_memory()
+    idle, _, count = memory()
     print(f"load average before: {os.getloadavg()[0]:.1f}; {count} Serve processes, idle RSS {idle:.2f} GiB")
     print(f"{'clients':>7s} {'accepted/s':>10s} {'acc p50':>8s} {'acc p95':>8s} {'refused':>8s} "
           f"{'ref p50':>8s} {'ref p95':>8s} {'peak RSS':>9s}  statuses")
@@ -105,7 +134,7 @@ def main() -> None:
               f"{pct(r['accepted'], 95):7.0f}ms {share:7.0%} {pct(r['refused'], 50):7.0f}ms "
               f"{pct(r['refused'], 95):7.0f}ms {r['peak_rss']:8.2f}G  {dict(r['statuses'])}", flush=True)
     time.sleep(args.settle)
-    after, _, _ = replica_memory()
+    after, _, _ = memory()
     print(f"memory after {args.settle:.0f} s idle: RSS {after:.2f} GiB ({(after / idle - 1):+.0%} against idle "
           f"{idle:.2f} GiB); load average {os.getloadavg()[0]:.1f}")
 

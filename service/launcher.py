@@ -41,7 +41,15 @@ def init_local_ray(num_cpus: int | None = None, temp_dir: str | None = None, das
         kwargs["num_cpus"] = num_cpus
     if temp_dir:
         kwargs["_temp_dir"] = temp_dir
-    ray.init(**kwargs)
+    for attempt in range(3):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
+            # Ray gives its raylet a fixed 30 s to register; on a machine busy with other work that can pass
+            if "timed out during startup" not in str(exc) or attempt == 2:
+                raise
+            ray.shutdown()
 
 
 def ray_environment(config_path: str = str(CONFIG_PATH)) -> dict[str, str]:

@@ -78,16 +78,23 @@ def _generate(stack, photo, **extra) -> httpx.Response:
 
 
 def _processes(title: str) -> list[psutil.Process]:
+    """Live processes of this cluster's actors whose class name contains `title` (other clusters may run on the
+    machine)."""
+    from ray._private import state
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if any(title in part for part in proc.info["cmdline"] or []):
-            found.append(proc)
+    for actor in state.actors().values():
+        if title in actor["ActorClassName"] and actor["State"] == "ALIVE" and actor.get("Pid"):
+            try:
+                found.append(psutil.Process(int(actor["Pid"])))
+            except psutil.NoSuchProcess:
+                pass
     return found
 
 
 # ---------------------------------------------------------------- 1: chunked uploads are cut at the cap
 def test_a_chunked_upload_is_cut_at_the_cap_before_the_app(stack):
-    proxy = _processes("ServeProxyActor")
+    proxy = _processes("ProxyActor")
+    assert proxy, "the proxy process was not found"
     rss_before = sum(p.memory_info().rss for p in proxy)
     s = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
