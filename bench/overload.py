@@ -80,10 +80,21 @@ def drive(url: str, image: str, clients: int, seconds: float) -> dict:
                 if status in (429, 503):
                     time.sleep(float(resp.headers.get("retry-after", "1")))
 
+    health: list[float] = []
+
     def sample() -> None:
-        while time.monotonic() < stop:
-            peak["rss"] = max(peak["rss"], memory()[0])
-            time.sleep(2)
+        """Peak memory, and what a health check costs meanwhile (the floor of any answer through the proxy and
+        the ingress: a refusal cannot be cheaper)."""
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while time.monotonic() < stop:
+                peak["rss"] = max(peak["rss"], memory()[0])
+                t0 = time.perf_counter()
+                try:
+                    http.get("/healthz")
+                    health.append((time.perf_counter() - t0) * 1000)
+                except httpx.HTTPError:
+                    pass
+                time.sleep(1)
 
     started = time.perf_counter()
     sampler = threading.Thread(target=sample, daemon=True)
@@ -93,7 +104,25 @@ def drive(url: str, image: str, clients: int, seconds: float) -> dict:
     wall = time.perf_counter() - started
     sampler.join(5)
     return {"clients": clients, "wall": wall, "accepted": accepted, "refused": refused, "statuses": statuses,
-            "peak_rss": peak["rss"]}
+            "peak_rss": peak["rss"], "health": health}
+
+
+def per_process() -> dict[str, float]:
+    """RSS (MiB) per Serve actor of this cluster, by deployment."""
+    import psutil
+    import ray
+    from ray._private import state
+    if not ray.is_initialized():
+        return {}
+    out: dict[str, float] = {}
+    for actor in state.actors().values():
+        name = actor["ActorClassName"]
+        if actor["State"] == "ALIVE" and actor.get("Pid") and ("Serve" in name or "Proxy" in name):
+            try:
+                out[name.rsplit(":", 1)[-1]] = psutil.Process(int(actor["Pid"])).memory_info().rss / 2**20
+            except psutil.Error:
+                pass
+    return out
 
 
 def memory() -> tuple[float, float, int]:
@@ -123,20 +152,24 @@ def main() -> None:
                       range(12)))
     time.sleep(10)
     idle, _, count = memory()
+    before = per_process()
     print(f"load average before: {os.getloadavg()[0]:.1f}; {count} Serve processes, idle RSS {idle:.2f} GiB")
     print(f"{'clients':>7s} {'accepted/s':>10s} {'acc p50':>8s} {'acc p95':>8s} {'refused':>8s} "
-          f"{'ref p50':>8s} {'ref p95':>8s} {'peak RSS':>9s}  statuses")
+          f"{'ref p50':>8s} {'ref p95':>8s} {'healthz':>8s} {'peak RSS':>9s}  statuses")
     for clients in (int(c) for c in args.clients.split(",")):
         r = drive(args.url, image, clients, args.seconds)
         total = len(r["accepted"]) + len(r["refused"])
         share = len(r["refused"]) / total if total else 0.0
         print(f"{clients:7d} {len(r['accepted']) / r['wall']:10.2f} {pct(r['accepted'], 50):7.0f}ms "
               f"{pct(r['accepted'], 95):7.0f}ms {share:7.0%} {pct(r['refused'], 50):7.0f}ms "
-              f"{pct(r['refused'], 95):7.0f}ms {r['peak_rss']:8.2f}G  {dict(r['statuses'])}", flush=True)
+              f"{pct(r['refused'], 95):7.0f}ms {pct(r['health'], 50):7.0f}ms {r['peak_rss']:8.2f}G  "
+              f"{dict(r['statuses'])}  (load {os.getloadavg()[0]:.1f})", flush=True)
     time.sleep(args.settle)
     after, _, _ = memory()
     print(f"memory after {args.settle:.0f} s idle: RSS {after:.2f} GiB ({(after / idle - 1):+.0%} against idle "
           f"{idle:.2f} GiB); load average {os.getloadavg()[0]:.1f}")
+    now = per_process()
+    print("  " + ", ".join(f"{name} {before[name]:.0f}->{now.get(name, 0):.0f} MB" for name in sorted(before)))
 
 
 if __name__ == "__main__":
