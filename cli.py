@@ -70,28 +70,26 @@ def _cmd_styles_train(args: argparse.Namespace) -> int:
 
     from avatar.settings import settings
     from service.launcher import init_local_ray
-    from training.jobs import ProgressWriter
-    if args.engine == "diffusion":
-        from training.train_diffusion_style import DiffusionTrainConfig as Config
-        from training.train_diffusion_style import run_training
-    else:
-        if args.recipes is not None:
-            raise InvalidRequest("--recipes applies to --engine diffusion only", field="recipes")
-        from training.train_style import TrainConfig as Config
-        from training.train_style import run_training
+    from training.records import ProgressWriter
+    from training.trainers import TRAINERS
+    trainer = TRAINERS[args.engine]
+    if args.recipes is not None and "recipes" not in trainer.field_names():
+        takes = " or ".join(name for name, t in TRAINERS.items() if "recipes" in t.field_names())
+        raise InvalidRequest(f"--recipes applies to --engine {takes} only", field="recipes")
     # options left out keep the trainer's defaults (cpu: corporate_headshot, 8 epochs; diffusion: the recipe
     # book's custom style, 4 epochs)
     options = {"recipes": args.recipes, "base_style": args.base_style, "epochs": args.epochs}
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")   # progress reports every 0.2 s, not 2 s
-    cfg = Config(account_id=args.account, images=args.images, storage_uri=settings().resolved_storage_uri,
-                 accounts_uri=_accounts_uri(), num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                 **{k: v for k, v in options.items() if v is not None})
+    cfg = trainer.config(account_id=args.account, images=args.images,
+                         storage_uri=settings().resolved_storage_uri, accounts_uri=_accounts_uri(),
+                         num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                         **{k: v for k, v in options.items() if v is not None})
     init_local_ray(num_cpus=max(int(args.workers * args.cpus_per_worker + 0.999), os.cpu_count() or 1))
     outcome: dict = {}
 
     def train() -> None:
         try:
-            outcome["result"] = run_training(cfg)
+            outcome["result"] = trainer.run(cfg)
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             outcome["error"] = exc
 
@@ -134,6 +132,15 @@ def _cmd_styles_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_engine(name: str) -> str:
+    """`--engine`: a trainer of `training.trainers.TRAINERS`, looked up only when `styles train` is parsed (the
+    trainers import torch, which the other commands do not need)."""
+    from training.trainers import TRAINERS
+    if name not in TRAINERS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(TRAINERS)})")
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avatar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = styles_sub.add_parser("train", help="train a style token on a local Ray and print progress")
     train.add_argument("--account", required=True, help="account id (acc_...)")
     train.add_argument("--images", required=True, help="directory (or URI, Parquet manifest) of 50-200 examples")
-    train.add_argument("--engine", choices=("cpu", "diffusion"), default="cpu",
+    train.add_argument("--engine", type=_training_engine, default="cpu",
                        help="cpu: a colour LUT token; diffusion: a textual-inversion token on a recipe's base model")
     train.add_argument("--recipes", default=None,
                        help="diffusion: the recipe YAML the service uses (default configs/diffusion.yaml)")

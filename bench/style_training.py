@@ -23,7 +23,7 @@ from avatar.store.accounts import open_account_store  # noqa: E402
 from avatar.store.storage import Storage  # noqa: E402
 from avatar.tokens import time_token_load  # noqa: E402
 from training.dataset import make_demo_examples  # noqa: E402
-from training.jobs import ProgressWriter  # noqa: E402
+from training.records import ProgressWriter  # noqa: E402
 from training.train_style import TrainConfig, run_training  # noqa: E402
 
 

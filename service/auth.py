@@ -11,7 +11,9 @@ import asyncio
 import threading
 from typing import Any, Mapping
 
-from avatar.errors import Unauthorized
+from avatar.contracts import is_style_token
+from avatar.errors import NotFound, Unauthorized
+from avatar.job import AvatarJob
 from avatar.settings import settings
 from avatar.store.accounts import AccountStore, open_account_store
 
@@ -69,3 +71,19 @@ class Authenticator:
             raise Unauthorized("this route needs an API key: send 'Authorization: Bearer <api key>'",
                                field="authorization", code="missing_api_key")
         return account
+
+    async def authorize_style(self, account: str | None, job: AvatarJob) -> None:
+        """Built-in styles are open to every caller; a custom token needs a key and must be the account's own
+        (another account's token is a 404, exactly like a missing one). Sets `job.account`."""
+        job.account = account
+        if not is_style_token(job.style):
+            return
+        if account is None:
+            raise Unauthorized("custom styles need the account's API key: send 'Authorization: Bearer <api key>'",
+                               field="authorization", code="missing_api_key")
+        if await self.call("get_style", account, job.style) is None:
+            raise style_not_found(job.style)
+
+
+def style_not_found(token: str) -> NotFound:
+    return NotFound(f"no style {token!r}", field="style", code="style_not_found")

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from ray import serve
 
-if TYPE_CHECKING:
-    from service.ingress import AvatarIngress
 
-
-def get_ingress() -> "AvatarIngress":
+def get_ingress() -> Any:
     """The deployment instance of this replica: its handles, configuration and per-replica state."""
     return serve.get_replica_context().servable_object
 
 
-Ingress = Annotated[Any, Depends(get_ingress)]   # AvatarIngress; Any keeps FastAPI from resolving the type
+Ingress = Annotated[Any, Depends(get_ingress)]   # a `service.ingress.Ingress`
 
 
 async def caller_account(request: Request, ingress: Ingress) -> str | None:

@@ -21,7 +21,6 @@ from service.app import app
 from service.auth import Authenticator
 from service.config import INGRESS, IngressConfig, ingress_config
 from service.replicas import model_id_for
-from service.routes.styles import missing_key_for_custom_style, style_not_found
 from service.telemetry import Telemetry
 
 
@@ -69,16 +68,6 @@ class Ingress:
     def style_jobs(self):
         from training.jobs import StyleJobs
         return StyleJobs(self.storage.uri, self.auth.uri, **self.config.styles.training)
-
-    async def authorize_style(self, account: str | None, job: AvatarJob) -> None:
-        """A custom token needs a key and must be the account's own (404 otherwise); sets `job.account`."""
-        job.account = account
-        if not is_style_token(job.style):
-            return
-        if account is None:
-            raise missing_key_for_custom_style()
-        if await self.auth.call("get_style", account, job.style) is None:
-            raise style_not_found(job.style)
 
     # ------------------------------------------------------------ answers
     def response(self, request: Request, job: AvatarJob, latency_ms: float) -> GenerateResponse:

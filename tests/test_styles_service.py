@@ -67,16 +67,16 @@ def test_generate_policy_built_in_open_custom_owned(tmp_path, monkeypatch):
     with pytest.raises(Unauthorized):
         account(hdr(key_a + "x"), False)
     built_in = job("corporate_headshot")
-    run(ingress.authorize_style(None, built_in))
+    run(ingress.auth.authorize_style(None, built_in))
     assert built_in.account is None
     custom = job("sty_aaaaaaaaaaaa")
-    run(ingress.authorize_style(a, custom))
+    run(ingress.auth.authorize_style(a, custom))
     assert custom.account == a
     with pytest.raises(Unauthorized):
-        run(ingress.authorize_style(None, job("sty_aaaaaaaaaaaa")))
+        run(ingress.auth.authorize_style(None, job("sty_aaaaaaaaaaaa")))
     for account_id, style in ((b, "sty_aaaaaaaaaaaa"), (a, "sty_bbbbbbbbbbbb")):
         with pytest.raises(NotFound) as info:
-            run(ingress.authorize_style(account_id, job(style)))
+            run(ingress.auth.authorize_style(account_id, job(style)))
         assert info.value.code == "style_not_found"
 
 

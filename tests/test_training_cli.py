@@ -3,6 +3,7 @@ trainer's defaults hold when an option is left out. The trainers and the local R
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,11 +12,12 @@ import training.train_diffusion_style as diffusion_trainer
 import training.train_style as cpu_trainer
 from cli import main
 from training.runner import TrainResult
+from training.trainers import TRAINERS
 
 
 @pytest.fixture()
 def calls(tmp_path, monkeypatch) -> list:
-    """Each `run_training` call as (engine, config); Ray is not started."""
+    """Each trainer run as (engine, config); Ray is not started."""
     import service.launcher
     monkeypatch.setenv("AVATAR_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("AVATAR_ACCOUNTS_URI", f"sqlite:///{tmp_path}/accounts.sqlite3")
@@ -29,8 +31,8 @@ def calls(tmp_path, monkeypatch) -> list:
             return TrainResult(cfg.job_id, cfg.token_id, {}, {"val_loss": 0.1}, 0.5)
         return run_training
 
-    monkeypatch.setattr(cpu_trainer, "run_training", fake("cpu"))
-    monkeypatch.setattr(diffusion_trainer, "run_training", fake("diffusion"))
+    for engine, trainer in list(TRAINERS.items()):
+        monkeypatch.setitem(TRAINERS, engine, dataclasses.replace(trainer, run=fake(engine)))
     return seen
 
 

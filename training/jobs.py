@@ -1,97 +1,25 @@
 """Style training jobs per account: start in the background on the current Ray cluster, follow, list, cancel.
 
-A job is a detached Ray actor (0 CPU) that drives `run_training`, so it outlives the replica or process that started
-it; the training workers take the CPUs. Its state lives in one JSON record per job in the service storage,
-`style-jobs/<account_id>/<job_id>.json`, written by the driver (state changes) and by rank 0 (epoch, loss, ETA), so
-any replica can answer status queries without talking to the job.
+A job is a detached Ray actor (0 CPU) that drives its trainer's `run_training`, so it outlives the replica or process
+that started it; the training workers take the CPUs. Its state is the job record (`training.records`), so any replica
+can answer status queries without talking to the job.
+
+Status queries need neither Ray nor torch: the trainers (`training.trainers`, which import torch) are imported when a
+job is submitted or run, and Ray when one is launched or cancelled.
 """
 
 from __future__ import annotations
 
-import json
-import secrets
 import time
-from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from avatar.errors import NotFound
 from avatar.store.storage import Storage
+from training.dataset import load_examples
+from training.records import (ACTIVE_STATES, CANCELLED, QUEUED, JobStatus, ProgressWriter, job_id_of, new_job_id,
+                              record_key, records_prefix, uploads_prefix)
 
 NAMESPACE = "avatar-style-jobs"
-ACTIVE_STATES = ("queued", "running")
-
-
-def new_job_id() -> str:
-    return "job_" + secrets.token_hex(8)
-
-
-def _record_key(account_id: str, job_id: str) -> str:
-    if not account_id or "/" in account_id or not job_id.startswith("job_") or "/" in job_id:
-        raise NotFound(f"no job {job_id!r}", field="job_id", code="job_not_found")
-    return f"style-jobs/{account_id}/{job_id}.json"
-
-
-@dataclass
-class JobStatus:
-    """What `GET /v1/styles/jobs/{job_id}` returns."""
-
-    job_id: str
-    account_id: str
-    state: str = "queued"                # queued | running | succeeded | failed | cancelled
-    token_id: str | None = None          # assigned at submit; usable as `style` once state == succeeded
-    epoch: int = 0
-    epochs: int = 0
-    loss: float | None = None
-    val_loss: float | None = None
-    eta_s: float | None = None
-    examples: int | None = None
-    resumed_from: int = -1               # last checkpointed epoch a restarted worker group resumed from
-    error: str | None = None
-    bad_files: list[dict[str, str]] | None = None
-    seconds: float | None = None
-    created_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "JobStatus":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-class ProgressWriter:
-    """Read-modify-write of one job record. Last writer wins per field; the driver and rank 0 touch disjoint ones."""
-
-    def __init__(self, storage_uri: str, account_id: str, job_id: str) -> None:
-        self.storage = Storage(storage_uri)
-        self.key = _record_key(account_id, job_id)
-        self.account_id, self.job_id = account_id, job_id
-
-    def exists(self) -> bool:
-        return self.storage.exists(self.key)
-
-    def read(self) -> JobStatus | None:
-        try:
-            return JobStatus.from_dict(json.loads(self.storage.get(self.key)))
-        except (NotFound, ValueError):
-            return None
-
-    def update(self, create: bool = True, **changes: Any) -> JobStatus | None:
-        """Apply `changes`; with create=False a missing (deleted) record stays missing."""
-        status = self.read()
-        if status is None and not create:
-            return None
-        status = status or JobStatus(self.job_id, self.account_id)
-        if status.state == "cancelled":
-            return status
-        for k, v in changes.items():
-            if hasattr(status, k):
-                setattr(status, k, v)
-        status.updated_at = time.time()
-        self.storage.put(self.key, json.dumps(status.to_dict()).encode())
-        return status
 
 
 class StyleJobs:
@@ -112,30 +40,26 @@ class StyleJobs:
         embedding on the recipe book's base model, `training.train_diffusion_style`; options such as `recipes`,
         `base_style`, `models_dir`, `use_gpu`). Constructor defaults that only the other trainer knows are ignored.
         """
-        from training.dataset import load_examples
-        cls = _config_class(options.pop("engine", None) or self.defaults.get("engine") or "cpu")
-        known = {f.name for f in fields(cls)}
-        other = {f.name for c in (_config_class("cpu"), _config_class("diffusion")) for f in fields(c)} - known
+        from training.trainers import TRAINERS, trainer_for
+        trainer = trainer_for(options.pop("engine", None) or self.defaults.get("engine") or "cpu")
+        other = set().union(*(t.field_names() for t in TRAINERS.values())) - trainer.field_names()
         defaults = {k: v for k, v in self.defaults.items() if k != "engine" and k not in other}
-        cfg = cls(account_id=account_id, images=images, storage_uri=self.storage_uri,
-                  accounts_uri=self.accounts_uri, **{**defaults, **options})
-        # the diffusion trainer decodes at its own resolution on the workers; here only validity matters
-        size = cfg.image_size if getattr(cfg, "engine", "cpu") == "cpu" else 16
-        examples = load_examples(images, size=size, min_count=cfg.min_images, max_count=cfg.max_images)
-        if getattr(cfg, "engine", "cpu") == "diffusion":
-            from training.train_diffusion_style import resolve_base
-            resolve_base(cfg)                # a missing recipe or base model fails the request, not the job
+        cfg = trainer.config(account_id=account_id, images=images, storage_uri=self.storage_uri,
+                             accounts_uri=self.accounts_uri, **{**defaults, **options})
+        examples = load_examples(images, size=trainer.precheck_size or cfg.image_size, min_count=cfg.min_images,
+                                 max_count=cfg.max_images)
+        if trainer.precheck:
+            trainer.precheck(cfg)
         status = ProgressWriter(self.storage_uri, account_id, cfg.job_id).update(
-            state="queued", token_id=cfg.token_id, epochs=cfg.epochs, examples=len(examples.names))
+            state=QUEUED, token_id=cfg.token_id, epochs=cfg.epochs, examples=len(examples.names))
         _launch(cfg)
         return status
 
     def submit_upload(self, account_id: str, files: Mapping[str, bytes], **options: Any) -> JobStatus:
         """Uploaded example files (name -> bytes): validated in memory first, then stored and trained on."""
-        from training.dataset import load_examples
         load_examples(files, size=16)
         job_id = options.pop("job_id", None) or new_job_id()
-        prefix = f"style-uploads/{account_id}/{job_id}"
+        prefix = uploads_prefix(account_id, job_id)
         for name, data in files.items():
             self.storage.put(f"{prefix}/{_safe_name(name)}", data)
         uri = f"{self.storage.uri.rstrip('/')}/{prefix}"
@@ -154,8 +78,9 @@ class StyleJobs:
             return None
 
     def list(self, account_id: str) -> list[JobStatus]:
-        keys = self.storage.list(f"style-jobs/{account_id}") if "/" not in account_id else []
-        jobs = [self.status(account_id, k.rsplit("/", 1)[-1].removesuffix(".json")) for k in keys]
+        prefix = records_prefix(account_id)
+        keys = self.storage.list(prefix) if prefix else []
+        jobs = [self.status(account_id, job_id_of(k)) for k in keys]
         return sorted((j for j in jobs if j), key=lambda j: j.created_at)
 
     def delete(self, account_id: str, job_id: str) -> bool:
@@ -164,10 +89,10 @@ class StyleJobs:
         if status is None:
             return False
         if status.state in ACTIVE_STATES:
-            ProgressWriter(self.storage_uri, account_id, job_id).update(state="cancelled")
+            ProgressWriter(self.storage_uri, account_id, job_id).update(state=CANCELLED)
             _cancel(job_id)
-        self.storage.delete(_record_key(account_id, job_id))
-        for key in self.storage.list(f"style-uploads/{account_id}/{job_id}"):
+        self.storage.delete(record_key(account_id, job_id))
+        for key in self.storage.list(uploads_prefix(account_id, job_id)):
             self.storage.delete(key)
         return True
 
@@ -183,24 +108,9 @@ class StyleJobs:
             time.sleep(poll_s)
 
 
-def _config_class(engine: str) -> type:
-    if engine == "cpu":
-        from training.train_style import TrainConfig
-        return TrainConfig
-    if engine == "diffusion":
-        from training.train_diffusion_style import DiffusionTrainConfig
-        return DiffusionTrainConfig
-    from avatar.errors import InvalidRequest
-    raise InvalidRequest(f"unknown training engine {engine!r}; use cpu or diffusion", field="engine",
-                         code="unknown_engine")
-
-
 def _run_training(cfg: Any) -> Any:
-    if getattr(cfg, "engine", "cpu") == "diffusion":
-        from training.train_diffusion_style import run_training
-    else:
-        from training.train_style import run_training
-    return run_training(cfg)
+    from training.trainers import trainer_for
+    return trainer_for(cfg.engine).run(cfg)
 
 
 def _safe_name(name: str) -> str:

@@ -5,7 +5,7 @@ A trainer brings its config (a `StyleJobConfig` with its own hyperparameters), i
 the final checkpoint into a token; this module does the rest:
 
 - driver: `run_job` validates the examples and the account, checks the cluster can place the workers, fits, publishes
-  and keeps the job record (`style-jobs/<account>/<job>.json`, see `training.jobs`) up to date, failures included;
+  and keeps the job record (`style-jobs/<account>/<job>.json`, see `training.records`) up to date, failures included;
   `fit` assembles the `TorchTrainer` (unique run name, bounded retries, the last two checkpoints kept) and removes
   the run's checkpoints once it is done; `publish` saves the token and registers it for the account;
 - worker: `WorkerSession` resumes from the latest checkpoint, runs the fault drill, reports each epoch's metrics with
@@ -23,16 +23,17 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 
 from avatar.store.accounts import open_account_store
 from avatar.errors import AvatarError
+from avatar.settings import settings
 from avatar.store.storage import Storage
 from avatar.tokens import new_token_id
 from training.dataset import MAX_IMAGES, MIN_IMAGES, ExampleSet, load_examples
-from training.jobs import ProgressWriter, new_job_id
+from training.records import FAILED, RUNNING, SUCCEEDED, ProgressWriter, new_job_id
 
 STATE_FILE = "state.pt"
 
@@ -70,7 +71,8 @@ class StyleJobConfig:
     fail_once_at_epoch: int | None = None     # fault drill: rank 0 raises once at this epoch (needs fail_flag)
     fail_flag: str | None = None              # file created when the drill fires, so the retry passes
 
-    run_prefix = "style"                      # class attribute: the Ray Train run is <prefix>-<account>-<job>
+    engine: ClassVar[str]                     # the trainer's name in `training.trainers.TRAINERS`
+    run_prefix: ClassVar[str] = "style"       # the Ray Train run is <prefix>-<account>-<job>
 
     @property
     def run_name(self) -> str:
@@ -154,7 +156,7 @@ class WorkerSession:
             cfg = self.cfg
             done = epoch + 1 - self.start_epoch
             eta = (time.time() - self.t_start) / done * (cfg.epochs - epoch - 1)
-            self.progress.update(create=False, state="running", epoch=epoch + 1, epochs=cfg.epochs,
+            self.progress.update(create=False, state=RUNNING, epoch=epoch + 1, epochs=cfg.epochs,
                                  loss=metrics["loss"], val_loss=metrics["val_loss"], eta_s=round(eta, 1),
                                  resumed_from=self.resumed_from)
 
@@ -200,15 +202,15 @@ def run_job(cfg: StyleJobConfig, examples: ExampleSet | None,
         checked = before_fit() if before_fit else None
         ensure_ray()
         check_resources(cfg)
-        progress.update(create=True, state="running", epoch=0, epochs=cfg.epochs, examples=len(examples.names),
+        progress.update(create=True, state=RUNNING, epoch=0, epochs=cfg.epochs, examples=len(examples.names),
                         token_id=cfg.token_id)
         manifest, metrics = train(examples, accounts, checked)
     except Exception as exc:
-        progress.update(create=False, state="failed", error=str(getattr(exc, "message", exc)),
+        progress.update(create=False, state=FAILED, error=str(getattr(exc, "message", exc)),
                         bad_files=getattr(exc, "extra", {}).get("bad_files"))
         raise
     seconds = time.time() - t0
-    progress.update(state="succeeded", token_id=cfg.token_id, eta_s=0.0, seconds=round(seconds, 1))
+    progress.update(state=SUCCEEDED, token_id=cfg.token_id, eta_s=0.0, seconds=round(seconds, 1))
     return TrainResult(cfg.job_id, cfg.token_id, manifest, metrics, seconds)
 
 
@@ -267,8 +269,8 @@ def job_parser(prog: str, description: str, epochs: int) -> argparse.ArgumentPar
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--account", required=True, help="account id (acc_...)")
     p.add_argument("--images", required=True, help="directory, URI or Parquet manifest of 50-200 example images")
-    p.add_argument("--storage", default=os.environ.get("AVATAR_STORAGE_URI", "var/storage"),
-                   help="storage root URI the service reads tokens from")
+    p.add_argument("--storage", default=settings().resolved_storage_uri,
+                   help="storage root URI the service reads tokens from (default: the service's, AVATAR_STORAGE_URI)")
     p.add_argument("--accounts", default=None, help="account store URI (default AVATAR_ACCOUNTS_URI)")
     p.add_argument("--job-id", default=None)
     p.add_argument("--token-id", default=None)

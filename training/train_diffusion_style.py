@@ -12,7 +12,7 @@ that loads into the running pipeline in milliseconds and cannot change how other
 Same order of work as `training.train_style` (both run on `training.runner`): validate the examples (nothing written
 on bad input), check the cluster's resources, fit with Ray Train (data parallel over N workers, a checkpoint every
 epoch, a failed worker group resumes from the latest), then save the token through the storage layer and register it
-for the account. Progress (epoch, loss, ETA) goes to `style-jobs/<account>/<job>.json`, readable by
+for the account. Progress (epoch, loss, ETA) goes to the job's record (`training.records`), readable through
 `training.jobs.StyleJobs`.
 
 SD 1.x / 2.x base models (one text encoder) are supported; SDXL bases are refused before anything starts.
@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from avatar.errors import InvalidRequest
+from avatar.engines.diffusion.engine import ModelLoader, fingerprint, model_family
+from avatar.engines.diffusion.recipes import load_recipes
+from avatar.errors import InvalidRequest, ModelUnavailable
 from avatar.tokens import DiffusionToken, build_diffusion_manifest, save_diffusion_token
 from training import runner
 from training.dataset import ExampleSet
@@ -52,8 +53,8 @@ class DiffusionTrainConfig(runner.StyleJobConfig):
     image_size: int = 512                     # training resolution (SD 1.5: 512, SD 2.x 768 models: 768)
     lr: float = 5e-3
 
-    engine = ENGINE                           # class attribute: which trainer `StyleJobs` runs
-    run_prefix = "dstyle"
+    engine: ClassVar[str] = ENGINE
+    run_prefix: ClassVar[str] = "dstyle"
 
     @property
     def placeholder(self) -> str:
@@ -73,18 +74,14 @@ class BaseModel:
 
 def resolve_base(cfg: DiffusionTrainConfig) -> BaseModel:
     """The recipe's base model, resolved the way the serving engine resolves it. ModelUnavailable when missing."""
-    from avatar.errors import ModelUnavailable
-    from avatar.engines.diffusion.engine import _family, _Loader, fingerprint
-    from avatar.engines.diffusion.recipes import load_recipes
     book = load_recipes(cfg.recipes)
     style = cfg.base_style or book.custom or next(iter(book.recipes))
     if style not in book.recipes:
         raise InvalidRequest(f"no diffusion recipe {style!r}; recipes: {', '.join(book.recipes)}",
                              field="base_style", code="unknown_base_style")
     recipe = book.recipes[style]
-    loader = _Loader(Path(cfg.models_dir).expanduser() if cfg.models_dir else None, cfg.local_files_only, "cpu", None)
-    path = loader.resolve(recipe.base_model, "base model")
-    family = _family(path, recipe.family)
+    path = ModelLoader.at(cfg.models_dir, cfg.local_files_only).resolve(recipe.base_model, "base model")
+    family = model_family(path, recipe.family)
     if family != "sd":
         raise ModelUnavailable(f"diffusion style training supports SD 1.x/2.x base models; recipe {style!r} uses an "
                                f"{family.upper()} model")

@@ -6,14 +6,14 @@
 Order of work: validate the examples (nothing is written on bad input), check the cluster has the requested
 resources, fit (a checkpoint every epoch; a failed worker group restarts from the latest one), then save the token
 through the storage layer and register it for the account. Progress (epoch, loss, ETA) is written to
-`style-jobs/<account>/<job>.json` while it runs (see `training.jobs`).
+`style-jobs/<account>/<job>.json` while it runs (see `training.records`).
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,7 +24,8 @@ from training.dataset import ExampleSet, degrade
 from training.model import LutStyleModel
 from training.runner import ResourcesUnavailable, TrainingFailed, TrainResult  # noqa: F401 - part of this API
 
-BASE_ENGINE = ("cpu", "1.0.0")
+ENGINE = "cpu"
+BASE_ENGINE = (ENGINE, "1.0.0")
 
 
 @dataclass
@@ -36,6 +37,8 @@ class TrainConfig(runner.StyleJobConfig):
     curve_knots: int = 16
     lr: float = 0.03
     smoothness: float = 0.5
+
+    engine: ClassVar[str] = ENGINE
 
 
 # ---------------------------------------------------------------- the per-worker loop

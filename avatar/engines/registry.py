@@ -33,12 +33,12 @@ def _diffusion_background(options: dict[str, Any]) -> BackgroundEngine:
 
 def _routed_style(options: dict[str, Any]) -> StyleEngine:
     from avatar.engines.routing import RoutedStyleEngine
-    return RoutedStyleEngine(**options)
+    return RoutedStyleEngine(create_style_engine, **options)
 
 
 def _routed_background(options: dict[str, Any]) -> BackgroundEngine:
     from avatar.engines.routing import RoutedBackgroundEngine
-    return RoutedBackgroundEngine(**options)
+    return RoutedBackgroundEngine(create_background_engine, **options)
 
 
 STYLE_ENGINES: dict[str, Callable[[dict[str, Any]], StyleEngine]] = {

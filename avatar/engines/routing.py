@@ -59,20 +59,22 @@ class _Router:
 
 
 class RoutedStyleEngine(_Router):
-    def __init__(self, default: dict[str, Any] | None = None, styles: dict[str, dict[str, Any]] | None = None,
+    """`create` builds the routed engines (the registry passes its own factory)."""
+
+    def __init__(self, create: Callable[[str, dict[str, Any] | None], Any], default: dict[str, Any] | None = None,
+                 styles: dict[str, dict[str, Any]] | None = None,
                  platforms: dict[str, dict[str, Any]] | None = None) -> None:
-        from avatar.engines.registry import create_style_engine
-        super().__init__(create_style_engine, default or {"name": "cpu"}, styles, platforms)
+        super().__init__(create, default or {"name": "cpu"}, styles, platforms)
 
     def apply(self, image: np.ndarray, landmarks: np.ndarray, spec: StyleSpec) -> np.ndarray:
         return self.engine_for(spec).apply(image, landmarks, spec)
 
 
 class RoutedBackgroundEngine(_Router):
-    def __init__(self, default: dict[str, Any] | None = None, styles: dict[str, dict[str, Any]] | None = None,
+    def __init__(self, create: Callable[[str, dict[str, Any] | None], Any], default: dict[str, Any] | None = None,
+                 styles: dict[str, dict[str, Any]] | None = None,
                  platforms: dict[str, dict[str, Any]] | None = None) -> None:
-        from avatar.engines.registry import create_background_engine
-        super().__init__(create_background_engine, default or {"name": "cpu"}, styles, platforms)
+        super().__init__(create, default or {"name": "cpu"}, styles, platforms)
 
     def render(self, image: np.ndarray, mask: np.ndarray, landmarks: np.ndarray, spec: StyleSpec) -> np.ndarray:
         return self.engine_for(spec).render(image, mask, landmarks, spec)

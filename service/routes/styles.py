@@ -18,10 +18,11 @@ from starlette.responses import JSONResponse, Response
 
 from avatar.catalog.platforms import BUILTIN_STYLES
 from avatar.contracts import ErrorResponse, StyleJobRequest, StyleView, StylesList, is_style_token
-from avatar.errors import InvalidRequest, NotFound, Unauthorized, UnsupportedMediaType
+from avatar.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from avatar.store.accounts import StyleRecord
 from avatar.store.storage import Storage
 from avatar.tokens import delete_token
+from service.auth import style_not_found
 from service.dependencies import Ingress, RequiredAccount
 from service.http import JSON_TYPES, content_type, read_form, read_json
 from service.openapi import ERRORS, json_or_form_body
@@ -229,12 +230,3 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[dict[str, byte
     if not files:
         raise InvalidRequest("no 'images' file parts in the upload", field="images", code="missing_images")
     return files, fields
-
-
-def style_not_found(token: str) -> NotFound:
-    return NotFound(f"no style {token!r}", field="style", code="style_not_found")
-
-
-def missing_key_for_custom_style() -> Unauthorized:
-    return Unauthorized("custom styles need the account's API key: send 'Authorization: Bearer <api key>'",
-                        field="authorization", code="missing_api_key")

@@ -68,13 +68,20 @@ def _has_peft() -> bool:
 
 
 @dataclass
-class _Loader:
-    """Resolves model references (directory or hub id) and wraps every load failure into `ModelUnavailable`."""
+class ModelLoader:
+    """Resolves model references (directory or hub id) and wraps every load failure into `ModelUnavailable`; the
+    engines load through it, and style training resolves its base model with it, so both find the same files."""
 
     models_dir: Path | None
     local_files_only: bool
-    device: str
-    dtype: Any
+    device: str = "cpu"
+    dtype: Any = None
+
+    @classmethod
+    def at(cls, models_dir: str | None, local_files_only: bool = True, device: str = "cpu",
+           dtype: Any = None) -> "ModelLoader":
+        """A loader for the `models_dir` option as configured (a path string, `~` allowed, or None)."""
+        return cls(Path(models_dir).expanduser() if models_dir else None, local_files_only, device, dtype)
 
     def resolve(self, ref: str, what: str) -> str:
         for candidate in (Path(ref).expanduser(), (self.models_dir / ref) if self.models_dir else None):
@@ -108,7 +115,9 @@ def fingerprint(ref: str) -> str:
     return f"{path.name}@{h.hexdigest()[:10]}"
 
 
-def _family(ref: str, declared: str) -> str:
+def model_family(ref: str, declared: str = "auto") -> str:
+    """`sd` or `sdxl`: `declared` unless it is `auto`, else read from the pipeline's model_index.json (a hub id: its
+    name). ModelUnavailable when a local directory is not a diffusers pipeline."""
     if declared != "auto":
         return declared
     index = Path(ref) / "model_index.json"
@@ -162,9 +171,9 @@ class _Base:
     loras: set[str] = field(default_factory=set)
 
 
-def _load_base(loader: _Loader, recipe: StyleRecipe, *, adapters: bool, vae_tiling: bool) -> _Base:
+def _load_base(loader: ModelLoader, recipe: StyleRecipe, *, adapters: bool, vae_tiling: bool) -> _Base:
     ref = loader.resolve(recipe.base_model, "base model")
-    family = _family(ref, recipe.family)
+    family = model_family(ref, recipe.family)
     img2img, _, _ = _classes(family)
     kwargs: dict[str, Any] = {"dtype": loader.dtype}
     if family == "sd":
@@ -189,7 +198,7 @@ def _load_base(loader: _Loader, recipe: StyleRecipe, *, adapters: bool, vae_tili
     return _Base(ref=ref, family=family, pipe=pipe, model_id=fingerprint(ref), ip_kind=ip.kind if ip else None)
 
 
-def _image_encoder(loader: _Loader, ip: Any) -> dict[str, Any]:
+def _image_encoder(loader: ModelLoader, ip: Any) -> dict[str, Any]:
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
     ref = loader.resolve(ip.image_encoder or str(Path(ip.path) / "image_encoder"), "IP-Adapter image encoder")
     enc = loader.load("image encoder", ref, CLIPVisionModelWithProjection.from_pretrained, ref, dtype=loader.dtype)
@@ -206,7 +215,7 @@ def _check_components(pipe: Any, ref: str) -> None:
         raise ModelUnavailable(f"base model {ref} lacks components: {', '.join(missing)}")
 
 
-def _add_lora(base: _Base, loader: _Loader, ref: str, weight_name: str | None, name: str) -> None:
+def _add_lora(base: _Base, loader: ModelLoader, ref: str, weight_name: str | None, name: str) -> None:
     if name in base.loras:
         return
     if not _has_peft():
@@ -226,7 +235,7 @@ class _TokenCache:
         self.capacity = max(1, capacity)
         self.entries: OrderedDict[tuple[str, str], tuple[str, str, _Base]] = OrderedDict()
 
-    def use(self, base: _Base, token: dict, loader: _Loader) -> tuple[str, str]:
+    def use(self, base: _Base, token: dict, loader: ModelLoader) -> tuple[str, str]:
         """Loads `token` into `base` if needed; returns (kind, trigger word or adapter name)."""
         kind, path = token.get("kind"), token.get("path")
         if kind not in ("textual_inversion", "lora") or not path:
@@ -258,7 +267,7 @@ class _TokenCache:
             base.loras.discard(name)
 
 
-def _load_embedding(base: _Base, loader: _Loader, path: str, trigger: str) -> None:
+def _load_embedding(base: _Base, loader: ModelLoader, path: str, trigger: str) -> None:
     """Textual inversion into the text encoder(s); SDXL files carry one vector set per encoder (clip_l, clip_g)."""
     ref = loader.resolve(path, "textual inversion")
     pipe = base.pipe
@@ -315,8 +324,7 @@ class _EngineBase:
         self.book: RecipeBook = load_recipes(recipes)
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
-        self._loader = _Loader(Path(models_dir).expanduser() if models_dir else None, local_files_only,
-                               self.device, self.dtype)
+        self._loader = ModelLoader.at(models_dir, local_files_only, self.device, self.dtype)
         self._lock = threading.RLock()   # one generation at a time: schedulers and adapter selection are shared state
         self._bases: dict[tuple, _Base] = {}
         self._recipe_base: dict[str, _Base] = {}
@@ -607,4 +615,5 @@ def _composite(image: np.ndarray, person: np.ndarray, generated: np.ndarray) -> 
     return np.where(alpha >= 1.0, image[..., :3], blend.astype(np.uint8))
 
 
-__all__ = ["DiffusionStyleEngine", "DiffusionBackgroundEngine", "pick_device", "pick_dtype", "fingerprint"]
+__all__ = ["DiffusionStyleEngine", "DiffusionBackgroundEngine", "ModelLoader", "fingerprint", "model_family",
+           "pick_device", "pick_dtype"]

@@ -1,0 +1,87 @@
+"""The HTTP surface without a cluster: the generated OpenAPI document, Swagger UI, routing errors and the error
+mapping of Ray's failures."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import app
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_openapi_document_is_valid_and_complete(client):
+    from openapi_spec_validator import validate
+    doc = client.get("/openapi.json").json()
+    validate(doc)
+    paths = doc["paths"]
+    assert {"/v1/avatar/generate", "/v1/avatar/check", "/v1/styles", "/v1/styles/{ident}", "/v1/files/{key}",
+            "/healthz", "/v1/stats"} <= set(paths)
+    for route in ("/v1/avatar/generate", "/v1/avatar/check"):
+        body = paths[route]["post"]["requestBody"]["content"]
+        assert set(body) == {"application/json", "multipart/form-data"}   # both ways in are described
+        form = body["multipart/form-data"]["schema"]["properties"]
+        assert form["image"]["format"] == "binary"
+        responses = paths[route]["post"]["responses"]
+        assert responses["200"]["content"]["application/json"]["schema"]["$ref"].endswith("Response")
+        for status in ("400", "413", "415", "422", "503", "504"):
+            assert responses[status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    generate_form = paths["/v1/avatar/generate"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert {"image_url", "input_id", "cache_input", "style", "platform", "resolution"} <= set(
+        generate_form["schema"]["properties"])
+    schemas = doc["components"]["schemas"]
+    assert {"GenerateRequest", "GenerateResponse", "CheckRequest", "CheckResponse", "ErrorResponse",
+            "StyleView"} <= set(schemas)
+    assert "HTTPValidationError" not in schemas   # validation errors use the one error shape
+    assert set(schemas["GenerateRequest"]["properties"]) >= {"image", "image_url", "input_id", "style_intensity"}
+
+
+def test_swagger_ui_is_served(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text and "/openapi.json" in page.text
+
+
+@pytest.mark.parametrize("method, path, status, code", [
+    ("GET", "/v1/nothing", 404, "not_found"),
+    ("GET", "/v1/avatar/generate", 405, "method_not_allowed"),
+    ("DELETE", "/healthz", 405, "method_not_allowed"),
+])
+def test_routing_errors_are_json(client, method, path, status, code):
+    resp = client.request(method, path)
+    assert resp.status_code == status and resp.json()["error"]["code"] == code
+
+
+def test_head_healthz(client):
+    assert client.head("/healthz").status_code == 200
+
+
+def test_a_stage_error_nested_in_ray_task_errors_keeps_its_own_code():
+    """A chained stage whose input failed raises RayTaskError(RayTaskError(original)): the original is answered."""
+    from ray.exceptions import RayTaskError
+
+    from avatar.errors import InvalidRequest
+    from service.errors import as_avatar_error
+    original = InvalidRequest("the face is too small", field="image", code="face_too_small",
+                              extra={"face_coverage": 0.1})
+    inner = RayTaskError("FaceDetect.run", "traceback", original).as_instanceof_cause()
+    outer = RayTaskError("StyleApply.run", "traceback", inner).as_instanceof_cause()
+    error = as_avatar_error(outer)
+    assert (error.status, error.code, error.field, error.extra) == (422, "face_too_small", "image",
+                                                                    {"face_coverage": 0.1})
+
+
+@pytest.mark.parametrize("exc_factory, status, code", [
+    (lambda: __import__("ray.serve.exceptions", fromlist=["x"]).BackPressureError(
+        num_queued_requests=4, max_queued_requests=4), 503, "overloaded"),
+    (lambda: __import__("ray.exceptions", fromlist=["x"]).ActorDiedError(), 503, "stage_unavailable"),
+    (lambda: TimeoutError(), 504, "timeout"),
+    (lambda: RuntimeError("boom"), 500, "stage_failed"),
+])
+def test_ray_failures_map_by_type(exc_factory, status, code):
+    from service.errors import as_avatar_error
+    error = as_avatar_error(exc_factory(), 60)
+    assert (error.status, error.code) == (status, code)
