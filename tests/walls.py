@@ -6,12 +6,12 @@ on uniform magenta, lime, orange and cyan walls and a red-and-white striped flag
 colours travel with each composite, and `in_output` brings them into an avatar's frame (the service's alignment is
 deterministic, so the same detector and template give the same geometry).
 
-Measures (all on the delivered avatar):
-- `remnant_share`: share of the frame showing a wall colour where the person is not (true alpha < 0.98), excluding
-  pixels whose true person colour or whose new background (an avatar of the same portrait on a grey wall) is itself of
-  a wall colour (an orange suit, a neon accent).
-- `edge_fringe`: the same share within the silhouette's edge band (true alpha in 0.02..0.98, grown by 2 px), with a
-  looser colour test (a 30 % wall tint counts).
+Measures (on the delivered avatar, against `reference`, the same request made from the portrait on a grey wall, so
+a colour the style or the new background brings anyway, an orange suit or a neon accent, never counts):
+- `remnant_share`: share of the frame showing a wall colour (>= 50 % of it) where the person is not (true alpha
+  < 0.98).
+- `edge_fringe`: share of the silhouette's edge band (true alpha in 0.02..0.98, grown by 2 px) with a wall tint
+  (>= 30 %).
 """
 
 from __future__ import annotations
@@ -122,18 +122,26 @@ def wall_coloured(rgb: np.ndarray, colours: tuple[RGB, ...], tint: float = 0.5) 
     return out
 
 
-def _excluded(fg_true: np.ndarray, reference: np.ndarray | None, colours: tuple[RGB, ...], tint: float) -> np.ndarray:
-    out = wall_coloured(fg_true, colours, tint)
-    if reference is not None:
-        out |= wall_coloured(reference, colours, tint)
-    return out
+def toward_wall(output: np.ndarray, reference: np.ndarray, colours: tuple[RGB, ...], tint: float) -> np.ndarray:
+    """Pixels of `output` with at least `tint` of a wall colour that are also nearer that colour (in Lab chroma, by
+    15 % of its strength) than the same pixel of `reference` (the same avatar made from the portrait on a grey wall):
+    a colour the old wall brought, not one the style or the new background has anyway."""
+    out, ref = _chroma(output[..., :3]), _chroma(reference[..., :3])
+    found = np.zeros(output.shape[:2], bool)
+    for colour in colours:
+        target = _chroma(np.asarray([[colour]], np.float32))[0, 0]
+        strength = float(np.linalg.norm(target))
+        if strength < 30:
+            continue
+        d_out, d_ref = np.linalg.norm(out - target, axis=2), np.linalg.norm(ref - target, axis=2)
+        found |= (d_out < (1.0 - tint) * strength) & (d_out < d_ref - 0.15 * strength)
+    return found
 
 
-def remnant_share(output: np.ndarray, alpha_true: np.ndarray, fg_true: np.ndarray, colours: tuple[RGB, ...],
-                  reference: np.ndarray | None = None) -> float:
-    """Share of the frame where old-wall colour shows and the person is not (see the module docstring)."""
-    seen = wall_coloured(output[..., :3], colours, 0.5) & (alpha_true < 0.98)
-    return float((seen & ~_excluded(fg_true, reference, colours, 0.5)).mean())
+def remnant_share(output: np.ndarray, reference: np.ndarray, alpha_true: np.ndarray,
+                  colours: tuple[RGB, ...]) -> float:
+    """Share of the frame where old-wall colour shows and the person is not (true alpha < 0.98)."""
+    return float((toward_wall(output, reference, colours, 0.5) & (alpha_true < 0.98)).mean())
 
 
 def edge_band(alpha_true: np.ndarray, grow: int = 2) -> np.ndarray:
@@ -142,10 +150,8 @@ def edge_band(alpha_true: np.ndarray, grow: int = 2) -> np.ndarray:
     return cv2.dilate(band | edge, np.ones((2 * grow + 1,) * 2, np.uint8)).astype(bool)
 
 
-def edge_fringe(output: np.ndarray, alpha_true: np.ndarray, fg_true: np.ndarray, colours: tuple[RGB, ...],
-                reference: np.ndarray | None = None) -> float:
-    """Share of the silhouette's edge band tinted with old-wall colour (>= 30 %)."""
-    band = edge_band(alpha_true) & ~_excluded(fg_true, reference, colours, 0.3)
-    if not band.any():
-        return 0.0
-    return float((wall_coloured(output[..., :3], colours, 0.3) & band).sum() / band.sum())
+def edge_fringe(output: np.ndarray, reference: np.ndarray, alpha_true: np.ndarray,
+                colours: tuple[RGB, ...]) -> float:
+    """Share of the silhouette's edge band with an old-wall tint (>= 30 %)."""
+    band = edge_band(alpha_true)
+    return float(toward_wall(output, reference, colours, 0.3)[band].mean()) if band.any() else 0.0

@@ -84,8 +84,8 @@ class PersonPrior:
 
     allowed: np.ndarray         # generous head ellipse + body zone below the chin
     body: np.ndarray            # the body zone: from the mouth down, widening (collars, shoulders)
-    face: np.ndarray            # the landmarks' convex hull: always person
-    samples: np.ndarray         # face (eroded), a hair cap above the forehead and the upper torso: person colours
+    face: np.ndarray            # the landmarks' convex hull, eroded (the hull reaches past the jaw under the ears)
+    samples: np.ndarray         # face (eroded), a hair cap above the forehead, the neck and the upper torso
     face_width: float
 
 
@@ -102,14 +102,13 @@ def person_prior(shape: tuple[int, int], landmarks: np.ndarray) -> PersonPrior:
     head = ((xx - cx) / fw) ** 2 + ((yy - (cy - 0.2 * fh)) / fh) ** 2 <= 1.0
     top = cy + 0.1 * fh
     body = (yy > top) & (np.abs(xx - cx) < fw + 3.0 * (yy - top))
-    face = np.zeros((h, w), np.uint8)
-    cv2.fillConvexPoly(face, cv2.convexHull(np.round(lm).astype(np.int32)), 1)
-    k = max(1, int(round(0.05 * fw)))
-    inner = cv2.erode(face, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))).astype(bool)
-    cap = (yy > y0 - 0.25 * fh) & (yy < y0 + 0.05 * fh) & (np.abs(xx - cx) < 0.45 * fw) & ~face.astype(bool)
-    torso = (yy > y1 + 0.3 * fh) & (np.abs(xx - cx) < 0.6 * fw)
-    return PersonPrior(allowed=head | body, body=body, face=face.astype(bool), samples=inner | cap | torso,
-                       face_width=fw)
+    hull = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(np.round(lm).astype(np.int32)), 1)
+    k = max(1, int(round(0.08 * fw)))
+    face = cv2.erode(hull, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))).astype(bool)
+    cap = (yy > y0 - 0.25 * fh) & (yy < y0 + 0.05 * fh) & (np.abs(xx - cx) < 0.45 * fw) & ~hull.astype(bool)
+    torso = ((yy > y1 + 0.3 * fh) & (np.abs(xx - cx) < 0.6 * fw)) | ((yy > y1) & (np.abs(xx - cx) < 0.25 * fw))
+    return PersonPrior(allowed=head | body, body=body, face=face, samples=face | cap | torso, face_width=fw)
 
 
 # ------------------------------------------------------------------------------------------------ the check

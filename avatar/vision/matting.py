@@ -4,7 +4,7 @@
 2. `avatar.vision.mask_checks`: the face prior and the border's colour statistics take wall patches and halos away.
 3. A trimap at the solve size (256 px): sure person, sure background, and an unknown band around the checked edge
    (wider at higher strictness, and wherever background-like colours touch the edge).
-4. Alpha in the band, at the crop's resolution. Two methods (`MattingConfig.method`):
+4. Alpha in the band, at the crop's resolution. Two methods (`MattingConfig.method`; "none" keeps the coarse mask):
    - "guided" (default): OpenCV's guided filter (He et al.; `cv2.ximgproc`, in the contrib build mediapipe brings)
      on the checked mask, guided by the crop, clamped to the trimap.
    - "closed_form": Levin et al.'s closed-form matting (`pymatting.estimate_alpha_cf`) at the solve size, brought to
@@ -26,32 +26,27 @@ from typing import Literal
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from avatar.vision.mask_checks import MaskCheck, check_mask, strictness
-from avatar.vision.segmentation import PersonSegmenter
+from avatar.vision.segmentation import PersonSegmenter, refine_mask
 
-Method = Literal["guided", "closed_form"]
+Method = Literal["guided", "closed_form", "none"]
 
 
-@dataclass(frozen=True)
-class MattingConfig:
-    """Matting settings (BgGenerate's `user_config.matting`)."""
+class MattingConfig(BaseModel):
+    """Matting settings (BgGenerate's `user_config.matting`); "none" keeps the coarse feathered mask (no checks)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Method = "guided"
-    solve_side: int = 256           # checks, trimap (and closed-form alpha) run at this side
-    guided_eps: float = 1e-3        # guided filter regularisation (guide in 0..1): larger = softer edge
-    decontaminate: bool = True      # solve the edge's colours for the person's own (no old-background fringe)
+    solve_side: int = Field(256, ge=64, le=1024, description="checks, trimap (and closed-form alpha) run at this side")
+    guided_eps: float = Field(1e-3, gt=0, le=1, description="guided filter regularisation: larger = softer edge")
+    decontaminate: bool = Field(True, description="solve the edge's colours for the person's own")
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "MattingConfig":
-        values = dict(values or {})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown matting settings: {', '.join(sorted(unknown))}")
-        config = cls(**values)
-        if config.method not in ("guided", "closed_form"):
-            raise ValueError(f"unknown matting method {config.method!r}; allowed: guided, closed_form")
-        return config
+        return cls.model_validate(dict(values or {}))
 
 
 @dataclass
@@ -80,7 +75,7 @@ class PersonMatter:
 
     @classmethod
     def load(cls, path: str | Path | None = None, config: MattingConfig | dict | None = None) -> "PersonMatter":
-        cfg = config if isinstance(config, MattingConfig) else MattingConfig.from_dict(config)
+        cfg = config if isinstance(config, MattingConfig) else MattingConfig.from_dict(config)  # type: ignore[arg-type]
         return cls(PersonSegmenter.load(path), cfg)
 
     def _warm_up(self) -> None:
@@ -102,8 +97,12 @@ class PersonMatter:
         start = time.perf_counter()
         conf = self.segmenter.confidence(rgb)
         timings["segment"] = _ms(start)
-        matte = refine(rgb, conf, landmarks, level, self.config, timings)
-        return matte
+        if self.config.method == "none":
+            alpha = refine_mask(conf, self.segmenter.feather)
+            check = MaskCheck(person=alpha > 0.5, prior=None, background_like=np.zeros(alpha.shape, bool), removed=0.0)
+            return Matte(alpha, rgb[..., :3].astype(np.float32), check, (alpha > 0.5).astype(np.float64), level,
+                         timings)
+        return refine(rgb, conf, landmarks, level, self.config, timings)
 
     def close(self) -> None:
         self.segmenter.close()
@@ -254,3 +253,53 @@ def _spread(image: np.ndarray, where: np.ndarray) -> np.ndarray:
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 2)
+
+
+# ------------------------------------------------------------------------------------------------ use in the flow
+@dataclass
+class PersonLayer:
+    """What BgGenerate composites: the styled person with the edge's colours decontaminated, and its alpha."""
+
+    rgb: np.ndarray            # (S, S, 3) uint8
+    alpha: np.ndarray          # (S, S) float32 0..1
+    matte: Matte | None = None
+
+
+def person_layer(matter, aligned: np.ndarray, styled: np.ndarray, landmarks: np.ndarray | None,
+                 level: int = 0) -> PersonLayer:
+    """The person layer of one attempt. The matte is computed on the unstyled `aligned` crop; its colour correction
+    (decontaminated minus observed colours, non-zero on the edge only) is carried over to the `styled` crop, whose
+    edge pixels mix the style's person with the old background just like the input's. A plain segmenter (no
+    `matte`) gives its coarse mask and no correction."""
+    if not hasattr(matter, "matte"):
+        return PersonLayer(styled, matter.mask(aligned))
+    matte = matter.matte(aligned, landmarks, level)
+    edge = (matte.alpha > 0.0) & (matte.alpha < 0.999)
+    rgb = styled.astype(np.float32)
+    rgb[edge] += matte.foreground[edge] - aligned[..., :3][edge].astype(np.float32)
+    return PersonLayer(np.clip(rgb + 0.5, 0, 255).astype(np.uint8), matte.alpha, matte)
+
+
+def fill_hidden(rgb: np.ndarray, alpha: np.ndarray, side: int = 128) -> np.ndarray:
+    """`rgb` with the colours under alpha 0 replaced by the nearby person colours spread out: what a transparent
+    PNG's invisible pixels should hold, so resampling by a platform never pulls another colour into the edge."""
+    small = cv2.resize(rgb[..., :3], (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
+    a_small = cv2.resize(alpha, (side, side), interpolation=cv2.INTER_AREA)
+    spread = cv2.resize(_spread(small, a_small > 0.98), rgb.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    out = rgb[..., :3].copy()
+    hidden = alpha <= 0.0
+    out[hidden] = np.clip(spread[hidden] + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def alpha_at(alpha: np.ndarray, size: int) -> np.ndarray:
+    """The work-size alpha at the avatar's size (cubic, clipped)."""
+    if alpha.shape[0] == size:
+        return alpha.astype(np.float32)
+    return np.clip(cv2.resize(alpha.astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
+
+
+def over_grey(rgb: np.ndarray, alpha: np.ndarray, grey: int = 128) -> np.ndarray:
+    """A transparent avatar flattened on mid-grey, for checks that need an opaque picture (detectors, safety)."""
+    a = alpha_at(alpha, rgb.shape[0])[..., None]
+    return np.clip(rgb[..., :3].astype(np.float32) * a + grey * (1.0 - a) + 0.5, 0, 255).astype(np.uint8)

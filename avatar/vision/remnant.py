@@ -6,8 +6,10 @@ A pixel counts as old background still showing when
   `avatar.vision.mask_checks`),
 - the matte kept it (alpha > 0.25, so at least a quarter of what the output shows there came from the input), outside
   the face, and
-- the output there still has old-background colours by the same statistics (colour decontamination of the edge takes
-  them away; a wall patch kept as person keeps them, styled or not).
+- the output there still has old-background colours: the old background explains its colour better than both the
+  person and the new background do (the output where the matte is 0). Colour decontamination of the edge takes them
+  away; a wall patch kept as person keeps them, styled or not; an old grey wall behind a new grey backdrop is not
+  visible and does not count.
 
 The share of such pixels in the frame is the measurement; above `MAX_REMNANT` (0.3 %) the check fails and the gate
 asks for a stricter matte.
@@ -25,7 +27,7 @@ from avatar.vision.mask_checks import DEEP, ColourModel, border_samples, log_rat
 
 MAX_REMNANT = 0.003
 KEPT_ALPHA = 0.25
-INPUT_RATIO = float(np.log(4.0))     # the input pixel is old background by at least 4:1
+INPUT_RATIO = float(np.log(8.0))     # the input pixel is old background by at least 8:1
 OUTPUT_RATIO = float(np.log(2.0))    # the output pixel still reads as old background (styles shift colours)
 SIDE = 256
 
@@ -63,6 +65,9 @@ def measure(aligned: np.ndarray, alpha: np.ndarray, output: np.ndarray, landmark
     typical = background.density(lab_in) > 1.0 / 4096
     seen = (a > KEPT_ALPHA) & typical & (log_ratio(lab_in, background, person) > INPUT_RATIO) \
         & (log_ratio(lab_out, background, person) > OUTPUT_RATIO)
+    new_where = a < 0.02
+    if new_where.sum() >= 50:
+        seen &= log_ratio(lab_out, background, ColourModel.fit(lab_out, new_where)) > OUTPUT_RATIO
     if prior is not None:
         seen &= ~prior.face
     return Remnant(float(seen.mean()), seen)
