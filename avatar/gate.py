@@ -7,7 +7,8 @@ each check is measured, reported with its value, and documented (docs/likeness.m
   face's 468-point mesh overlaps `expected_box` (the same kind of box, from the input's mesh) by IoU >= 0.6
   (measured on avatars of three photos, three styles, two framings and two intensities: 0.89-0.99; a face scrambled
   into 4x4 blocks that the detector still fired on: 0.46). A detection without a mesh falls back to its own box
-  (IoU >= 0.4; detector boxes are tighter than mesh boxes: 0.70-0.90 on the same avatars). Stylised outputs (anime) can defeat a photo detector, so for styles that are not photo-real the
+  (IoU >= 0.4; detector boxes are tighter than mesh boxes: 0.70-0.90 on the same avatars). Stylised outputs (anime)
+  can defeat a photo detector, so for styles that are not photo-real (the catalogue's flag) the
   gate also accepts the face when its structure survived: the edge map of the output's face region correlates
   >= 0.5 with the unstyled aligned face's (measured: styles at full intensity 0.70-0.99; heavy blur 0.43; scrambled
   face blocks 0.05; another person's face 0.14). Without a reference crop the fallback is dlib's own accept line.
@@ -32,9 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from avatar.vision.calibration import likeness_from_distance
 from avatar.catalog.platforms import PLATFORMS, TIER_LIKENESS_MIN
+from avatar.catalog.styles import is_photoreal
 from avatar.types import Box, DetectedFace, Warning
 
-PHOTOREAL_STYLES: frozenset[str] = frozenset({"corporate_headshot", "editorial_portrait"})
 DETECTOR_MIN_IOU = 0.4
 MESH_MIN_IOU = 0.6
 STRUCTURE_MIN_CORR = 0.5
@@ -169,7 +170,7 @@ class QualityGate:
             hits = [f for f in self.analyzer.detect(rgb) if _where_expected(f, box)]
             if hits:
                 return "detector", float(max(f.score for f in hits))
-            if style in PHOTOREAL_STYLES:
+            if is_photoreal(style):
                 return "none", 0.0
         if ref.aligned is not None:
             corr = structure_correlation(rgb, ref.aligned, box)
