@@ -196,8 +196,14 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray, side: int = 256) -> np.nda
     line from B to `inner` where that line explains the pixel (a small residual, well separated ends), the matte's
     alpha elsewhere; an alpha a little too high would otherwise leave part of B in F (measured on the magenta wall:
     2.9 % of the edge band kept a wall tint with the matte's alpha, 0.7 % with this). As `a` falls below 0.6 the
-    result is blended towards `inner` (F is ill-conditioned there). The spread colours are smooth, so they are
-    computed at `side` px and resized; the solve runs on edge pixels only.
+    result is blended towards `inner` (F is ill-conditioned there).
+
+    Two guards fall back to a safe mix (a I + (1 - a) inner, the observed colour pulled towards the person's):
+    where the old background varies (a striped flag: B is a blend of the stripes there, and solving for F with it
+    painted the complement of the red stripes, cyan, on a helmet rim), and where F would end up further from the
+    person's nearby colours than the observed pixel is (unmixing must take the old background out, not add its
+    complement). The spread colours are smooth, so they are computed at `side` px and resized; the solve runs on
+    edge pixels only.
     """
     h, w = rgb.shape[:2]
     small = cv2.resize(rgb[..., :3], (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
@@ -208,12 +214,20 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray, side: int = 256) -> np.nda
     out[outside] = inner[outside]
     ys, xs = np.nonzero((alpha > 0.0) & (alpha < 0.999))
     if len(ys):
-        background = cv2.resize(_spread(small, a_small < 0.02), (w, h), interpolation=cv2.INTER_LINEAR)[ys, xs]
-        person, image = inner[ys, xs], out[ys, xs]
-        a = _edge_alpha(image, person, background, alpha[ys, xs, None])
-        unmixed = (image - (1.0 - a) * background) / a
+        sure_bg = a_small < 0.02
+        mean = _spread(small, sure_bg)
+        spread_sd = np.sqrt(np.maximum(_spread(small * small, sure_bg) - mean * mean, 0.0).sum(axis=2))
+        reliable = cv2.resize(np.clip(1.0 - spread_sd / 40.0, 0.0, 1.0), (w, h), interpolation=cv2.INTER_LINEAR)
+        background = cv2.resize(mean, (w, h), interpolation=cv2.INTER_LINEAR)[ys, xs]
+        person, image, matte = inner[ys, xs], out[ys, xs], alpha[ys, xs, None]
+        a = _edge_alpha(image, person, background, matte)
         weight = np.clip((a - 0.15) / 0.45, 0.0, 1.0)
-        out[ys, xs] = np.clip(weight * unmixed + (1.0 - weight) * person, 0.0, 255.0)
+        solved = weight * (image - (1.0 - a) * background) / a + (1.0 - weight) * person
+        safe = matte * image + (1.0 - matte) * person
+        trust = reliable[ys, xs, None] * np.clip(
+            (np.linalg.norm(image - person, axis=1, keepdims=True) + 20.0
+             - np.linalg.norm(solved - person, axis=1, keepdims=True)) / 20.0, 0.0, 1.0)
+        out[ys, xs] = np.clip(trust * solved + (1.0 - trust) * safe, 0.0, 255.0)
     return out
 
 
