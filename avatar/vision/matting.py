@@ -210,13 +210,12 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray, side: int = 256) -> np.nda
     a_small = cv2.resize(alpha, (side, side), interpolation=cv2.INTER_AREA)
     inner = cv2.resize(_spread(small, a_small > 0.98), (w, h), interpolation=cv2.INTER_LINEAR)
     out = rgb[..., :3].astype(np.float32)
-    outside = alpha <= 0.0
-    out[outside] = inner[outside]
+    np.copyto(out, inner, where=(alpha <= 0.0)[..., None])
     ys, xs = np.nonzero((alpha > 0.0) & (alpha < 0.999))
     if len(ys):
-        sure_bg = a_small < 0.02
-        mean = _spread(small, sure_bg)
-        spread_sd = np.sqrt(np.maximum(_spread(small * small, sure_bg) - mean * mean, 0.0).sum(axis=2))
+        moments = _spread(np.concatenate([small, small * small], axis=2), a_small < 0.02)
+        mean = np.ascontiguousarray(moments[..., :3])
+        spread_sd = np.sqrt(np.maximum(moments[..., 3:] - mean * mean, 0.0).sum(axis=2))
         reliable = cv2.resize(np.clip(1.0 - spread_sd / 40.0, 0.0, 1.0), (w, h), interpolation=cv2.INTER_LINEAR)
         background = cv2.resize(mean, (w, h), interpolation=cv2.INTER_LINEAR)[ys, xs]
         person, image, matte = inner[ys, xs], out[ys, xs], alpha[ys, xs, None]
@@ -244,24 +243,30 @@ def _edge_alpha(image: np.ndarray, person: np.ndarray, background: np.ndarray, m
 
 
 def _spread(image: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """Colours of the `where` pixels spread into their surroundings by normalised convolution over a pyramid (each
-    level fills what the finer ones do not reach), so a reach across the whole crop costs little."""
+    """Colours (any number of channels) of the `where` pixels spread into their surroundings by normalised
+    convolution over a pyramid: the coarsest level (1/64 of the side) reaches everywhere, finer levels overwrite it
+    where they have support, so a reach across the whole crop costs a few small blurs."""
     weight = where.astype(np.float32)
-    total = float(weight.sum())
-    if total < 1:
-        return np.broadcast_to(image.reshape(-1, 3).mean(axis=0), image.shape).astype(np.float32)
+    if not weight.any():
+        return np.broadcast_to(image.reshape(-1, image.shape[2]).mean(axis=0), image.shape).astype(np.float32)
     h, w = image.shape[:2]
     num = image * weight[..., None]
-    out = np.broadcast_to(num.reshape(-1, 3).sum(axis=0) / total, image.shape).astype(np.float32)
-    for level in (3, 2, 1, 0):                    # coarse to fine: finer levels overwrite where they have support
+    out = None
+    for level in (3, 2, 1, 0):
         size = (max(1, w >> (2 * level)), max(1, h >> (2 * level)))
-        n = cv2.GaussianBlur(cv2.resize(num, size, interpolation=cv2.INTER_AREA), (0, 0), 4.0)
+        n = cv2.GaussianBlur(cv2.resize(num, size, interpolation=cv2.INTER_AREA), (0, 0), 4.0).reshape(
+            size[1], size[0], -1)
         d = cv2.GaussianBlur(cv2.resize(weight, size, interpolation=cv2.INTER_AREA), (0, 0), 4.0)
-        level_out = n / np.maximum(d, 1e-6)[..., None]
+        if out is None:
+            n, d = n + 1e-12, np.maximum(d, 1e-12)                  # the coarsest level answers everywhere
+        level_out = n / np.maximum(d, 1e-12)[..., None]
         if level:
-            level_out = cv2.resize(level_out, (w, h), interpolation=cv2.INTER_LINEAR)
+            level_out = cv2.resize(level_out, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
             d = cv2.resize(d, (w, h), interpolation=cv2.INTER_LINEAR)
-        out = np.where((d > 1e-3)[..., None], level_out, out)
+        if out is None:
+            out = level_out
+        else:
+            np.copyto(out, level_out, where=(d > 1e-3)[..., None])
     return out
 
 
