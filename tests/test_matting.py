@@ -130,3 +130,14 @@ def test_unknown_matting_settings_are_refused():
         MattingConfig.from_dict({"method": "magic"})
     with pytest.raises(ValueError):
         MattingConfig.from_dict({"radius": 3})
+
+
+def test_the_shadow_under_the_chin_stays_person(matter, aligned_astronaut):
+    """On the astronaut's dark backdrop the shadow under her chin has the backdrop's colours, yet it is enclosed by the
+    person and lies under the face: it stays opaque (a transparent avatar showed a see-through band there)."""
+    lm = np.asarray(aligned_astronaut.landmarks, np.float32)
+    matte = matter.matte(aligned_astronaut.image, lm)
+    (x0, _), (x1, y1) = lm.min(axis=0), lm.max(axis=0)
+    cx, fw = (x0 + x1) / 2, x1 - x0
+    under_chin = matte.alpha[int(y1 + 0.04 * fw):int(y1 + 0.15 * fw), int(cx - 0.15 * fw):int(cx + 0.15 * fw)]
+    assert under_chin.size and under_chin.min() > 0.9, under_chin.min()

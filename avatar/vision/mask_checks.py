@@ -87,6 +87,9 @@ class PersonPrior:
     face: np.ndarray            # the landmarks' convex hull, eroded (the hull reaches past the jaw under the ears)
     samples: np.ndarray         # face (eroded), a hair cap above the forehead, the neck and the upper torso
     face_width: float
+    face_height: float
+    centre_x: float
+    chin_y: float
 
 
 def person_prior(shape: tuple[int, int], landmarks: np.ndarray) -> PersonPrior:
@@ -108,7 +111,8 @@ def person_prior(shape: tuple[int, int], landmarks: np.ndarray) -> PersonPrior:
     face = cv2.erode(hull, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))).astype(bool)
     cap = (yy > y0 - 0.25 * fh) & (yy < y0 + 0.05 * fh) & (np.abs(xx - cx) < 0.45 * fw) & ~hull.astype(bool)
     torso = ((yy > y1 + 0.3 * fh) & (np.abs(xx - cx) < 0.6 * fw)) | ((yy > y1) & (np.abs(xx - cx) < 0.25 * fw))
-    return PersonPrior(allowed=head | body, body=body, face=face, samples=face | cap | torso, face_width=fw)
+    return PersonPrior(allowed=head | body, body=body, face=face, samples=face | cap | torso, face_width=fw,
+                       face_height=fh, centre_x=float(cx), chin_y=float(y1))
 
 
 # ------------------------------------------------------------------------------------------------ the check
@@ -143,7 +147,8 @@ def check_mask(rgb: np.ndarray, conf: np.ndarray, landmarks: np.ndarray | None, 
     bg_like = _background_like(lab, conf, person0, prior, rule)
     if bg_like is not None:
         fw = prior.face_width if prior is not None else 0.1 * max(conf.shape)
-        person &= ~_background_regions(bg_like & person & ~(prior.face if prior is not None else False), person, fw)
+        person &= ~_background_regions(bg_like & person & ~(prior.face if prior is not None else False), person, fw,
+                                       prior)
     else:
         bg_like = np.zeros_like(person0)
     person = _connected_to_face(person, prior)
@@ -169,14 +174,24 @@ def _background_like(lab: np.ndarray, conf: np.ndarray, person0: np.ndarray, pri
     return (log_ratio(lab, background, ColourModel.fit(lab, seeds)) > rule.log_ratio) & typical
 
 
-def _background_regions(candidates: np.ndarray, person: np.ndarray, face_width: float) -> np.ndarray:
+def _background_regions(candidates: np.ndarray, person: np.ndarray, face_width: float,
+                        prior: PersonPrior | None = None) -> np.ndarray:
     """The candidate regions that touch the mask's outside (background attached to the person), or that are large
-    enough (a tenth of a face width across) to be background seen through a gap rather than a detail of clothing."""
+    enough (a tenth of a face width across) to be background seen through a gap rather than a detail of clothing.
+
+    An enclosed region counts as a gap only beside the neck, between hair and shoulders: enclosed regions under the
+    chin or lower in the torso are shadows and dark clothing (a chin shadow on a dark backdrop matches the border's
+    colours, yet it is the person)."""
     labels, count = ndimage.label(candidates)
     if count == 0:
         return np.zeros_like(candidates)
     outside = ndimage.binary_dilation(~person, iterations=1)
     chosen = np.bincount(labels.ravel(), minlength=count + 1) >= (0.1 * face_width) ** 2
+    if prior is not None and count:
+        centres = np.asarray(ndimage.center_of_mass(np.ones_like(labels), labels, np.arange(1, count + 1)))
+        beside_neck = (centres[:, 0] < prior.chin_y + 0.3 * prior.face_height) & \
+            (np.abs(centres[:, 1] - prior.centre_x) > 0.3 * prior.face_width)
+        chosen[1:] &= beside_neck
     chosen[np.unique(labels[outside & candidates])] = True
     chosen[0] = False
     return chosen[labels]
