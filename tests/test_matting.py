@@ -139,5 +139,5 @@ def test_the_shadow_under_the_chin_stays_person(matter, aligned_astronaut):
     matte = matter.matte(aligned_astronaut.image, lm)
     (x0, _), (x1, y1) = lm.min(axis=0), lm.max(axis=0)
     cx, fw = (x0 + x1) / 2, x1 - x0
-    under_chin = matte.alpha[int(y1 + 0.04 * fw):int(y1 + 0.15 * fw), int(cx - 0.15 * fw):int(cx + 0.15 * fw)]
+    under_chin = matte.alpha[int(y1 - 0.06 * fw):int(y1 + 0.03 * fw), int(cx - 0.15 * fw):int(cx + 0.15 * fw)]
     assert under_chin.size and under_chin.min() > 0.9, under_chin.min()
