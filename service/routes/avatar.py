@@ -40,7 +40,7 @@ async def generate(request: Request, ingress: Ingress, account: Account) -> Gene
         req: GenerateRequest = parse_request(GenerateRequest, payload)
         job = AvatarJob(request_id=AvatarJob.new_request_id(), style=req.resolved_style, platform=req.platform,
                         size=req.size, intensity=req.resolved_intensity, palette=req.palette,
-                        background=req.background)
+                        background=req.background, template=req.template)
         await ingress.auth.authorize_style(account, job)   # a custom token must be the account's own
         timeout = ingress.config.request_timeout_s
         try:
