@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import threading
 import time
 
@@ -56,8 +57,11 @@ def release(min_interval_s: float = 2.0) -> bool:
 
 
 def _deferred() -> None:
+    """The trim at the end of a burst: unreachable cycles (failed requests keep frames, and the arrays in them, in
+    tracebacks) are collected first, so their pages can go back too."""
     global _last, _pending
     with _lock:
         _pending = False
         _last = time.monotonic()
+    gc.collect()
     _trim()
