@@ -24,8 +24,8 @@ class AdmissionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_running: int = Field(8, ge=1, description="pipeline requests in flight; about what the stages can overlap")
-    max_waiting: int = Field(8, ge=0, description="requests waiting for a turn; more are refused at once")
-    max_wait_s: float = Field(5.0, gt=0, description="longest wait for a turn before a 503")
+    max_waiting: int = Field(4, ge=0, description="requests waiting for a turn; more are refused at once")
+    max_wait_s: float = Field(2.0, gt=0, description="longest wait for a turn before a 503")
     per_account: int = Field(6, ge=1, description="running + waiting requests of one API key; more answer 429")
     retry_after_s: int = Field(2, ge=1)
 
