@@ -155,7 +155,11 @@ class FaceDetectStage:
             if len(faces) > 1:
                 job.warn("multiple_faces", f"{len(faces)} faces found; the largest, most central one was used")
             aligned = align_face(rgb, face, PLATFORMS[job.platform].framing, self.work_size)
-            job.aligned = Pixels.of(aligned.image)
+            crop = aligned.image
+            if job.match_lighting:   # one team look: every member under the same light
+                from avatar.team import match_lighting
+                crop = match_lighting(crop, aligned.landmarks)
+            job.aligned = Pixels.of(crop)
             job.work_size = aligned.image.shape[0]
             job.landmarks = aligned.landmarks.astype(np.float32)
             job.face_box = tuple(float(v) for v in aligned.face_box)
