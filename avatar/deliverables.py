@@ -25,7 +25,7 @@ class Member:
 
 def file_name(external_id: str, taken: set[str]) -> str:
     """A safe, unique `<external_id>.png` (path separators and control characters replaced; repeats numbered)."""
-    base = _UNSAFE.sub("_", external_id).strip(" .") or "item"
+    base = re.sub(r"\.{2,}", "_", _UNSAFE.sub("_", external_id)).strip(" .") or "item"
     base = base[:120]
     name, n = f"{base}.png", 2
     while name.lower() in taken:
