@@ -100,6 +100,9 @@ def validation_error(err: dict[str, Any]) -> InvalidRequest:
     span fields), a stable code from its type."""
     loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "__root__")]
     field = loc[0] if loc else (err.get("ctx") or {}).get("field")
+    if len(loc) > 1 or (loc and loc[-1].isdigit()):   # inside a list of objects: items[3].external_id
+        inner = [*loc[1:], *([(err.get("ctx") or {})["field"]] if "field" in (err.get("ctx") or {}) else [])]
+        field = loc[0] + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in inner)
     kind = str(err.get("type", ""))
     message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     if kind == "extra_forbidden":

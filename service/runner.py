@@ -87,11 +87,13 @@ class JobWorker:
                                                    env.webhook_retry_window_s)
         self.owner = owner or "runner_" + secrets.token_hex(6)
         self.inflight: dict[tuple[str, int], asyncio.Task] = {}
+        self.recorded: set[tuple[str, int]] = set()   # in flight, but their outcome is already in the store
         self.sending: set[asyncio.Task] = set()
         self.stats = WorkerStats()
         self._jobs: dict[str, JobRecord] = {}
         self._wake = asyncio.Event()
         self._last_renew = self._last_sweep = 0.0
+        self.retry_due = 0.0          # the latest retry this runner scheduled (drain waits for it)
 
     # ------------------------------------------------------------ the loop
     async def run_forever(self) -> None:
@@ -128,7 +130,7 @@ class JobWorker:
         idle_rounds = 0
         while time.monotonic() < deadline:
             busy = await self.step()
-            if busy or self.inflight or self.sending:
+            if busy or self.inflight or self.sending or self.retry_due > time.time():
                 idle_rounds = 0
             else:
                 idle_rounds += 1
@@ -149,6 +151,7 @@ class JobWorker:
         for key, task in list(self.inflight.items()):
             if task.done():
                 del self.inflight[key]
+                self.recorded.discard(key)
         self.sending = {t for t in self.sending if not t.done()}
 
     async def _renew(self) -> None:
@@ -156,8 +159,10 @@ class JobWorker:
         if not self.inflight or time.monotonic() - self._last_renew < self.config.renew_every_s:
             return
         self._last_renew = time.monotonic()
-        held = await asyncio.to_thread(self.store.renew, self.owner, list(self.inflight), self.config.lease_s)
-        for key, task in list(self.inflight.items()):
+        running = [key for key in self.inflight if key not in self.recorded]
+        held = await asyncio.to_thread(self.store.renew, self.owner, running, self.config.lease_s)
+        for key in running:
+            task = self.inflight[key]
             if key not in held:
                 task.cancel()
                 self.stats.abandoned += 1
@@ -176,7 +181,9 @@ class JobWorker:
             job = await self._job(item)
             if job_started:
                 await asyncio.to_thread(emit, self.store, job, "started", job_view(job))
-            self.inflight[item.key] = asyncio.create_task(self._run_item(job, item))
+            task = asyncio.create_task(self._run_item(job, item))
+            task.add_done_callback(_log_failure)
+            self.inflight[item.key] = task
             started = True
         return started
 
@@ -204,6 +211,7 @@ class JobWorker:
             return
         body = generate_response(self.signer, job.base_url, done, _ms(started)).model_dump(mode="json")
         outputs = [k for k in (done.avatar_key, done.thumbnail_key) if k]
+        self.recorded.add(item.key)   # from here on the outcome is written, not abandoned (see _renew)
         if await asyncio.to_thread(self.store.finish_item, self.owner, item, SUCCEEDED, body, None, done.billable,
                                    outputs):
             self.stats.completed += 1
@@ -220,6 +228,7 @@ class JobWorker:
                 self.stats.released += 1
             return
         body = {**error.to_body(), "request_id": avatar.request_id}
+        self.recorded.add(item.key)
         if await asyncio.to_thread(self.store.finish_item, self.owner, item, FAILED, None, body, False):
             self.stats.failed += 1
             if self.telemetry is not None:
@@ -260,6 +269,8 @@ class JobWorker:
     # ------------------------------------------------------------ jobs
     async def _finish_jobs(self) -> bool:
         finished = False
+        if any(not task.done() for task in self.inflight.values()):
+            return False   # an item of this runner is still recording its outcome and events: finish after it
         while True:
             job = await asyncio.to_thread(self.store.claim_settled_job, self.owner, self.config.lease_s)
             if job is None:
@@ -337,6 +348,7 @@ class JobWorker:
             self.store.record_attempt(self.owner, delivery.delivery_id, record, None, DELIVERED)
         else:
             next_at = self.retry.next_at(delivery.created_at, len(delivery.attempts) + 1)
+            self.retry_due = max(self.retry_due, next_at or 0.0)
             self.store.record_attempt(self.owner, delivery.delivery_id, record, next_at,
                                       PENDING if next_at is not None else GAVE_UP)
         return record
@@ -357,6 +369,11 @@ class JobWorker:
                 self.storage.delete(key)
         for key in self.storage.list(f"{BATCHES_PREFIX}/{job.job_id}"):
             self.storage.delete(key)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("job item task failed: %r", task.exception(), exc_info=task.exception())
 
 
 def _public_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -393,12 +393,15 @@ class SqliteJobStore:
         return delivery_id
 
     def claim_delivery(self, owner: str, lease_s: float) -> DeliveryRecord | None:
-        """The next due delivery, leased to `owner` (a runner that dies mid-send leaves it to the next one)."""
+        """The next due delivery, leased to `owner` (a runner that dies mid-send leaves it to the next one). One
+        message of a job is in flight at a time, so a job's events arrive in order while the receiver accepts them;
+        a message being retried does not hold back the later ones."""
         now = time.time()
         with self._tx() as db:
-            row = db.execute("SELECT delivery_id FROM deliveries WHERE state=? AND next_at<=? "
-                             "AND (owner IS NULL OR lease_until<?) ORDER BY next_at LIMIT 1",
-                             (PENDING, now, now)).fetchone()
+            row = db.execute("SELECT delivery_id FROM deliveries d WHERE state=? AND next_at<=? "
+                             "AND (owner IS NULL OR lease_until<?) AND NOT EXISTS (SELECT 1 FROM deliveries e "
+                             "WHERE e.job_id=d.job_id AND e.state=? AND e.lease_until>=?) "
+                             "ORDER BY next_at, created_at LIMIT 1", (PENDING, now, now, PENDING, now)).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE deliveries SET owner=?, lease_until=? WHERE delivery_id=?",
