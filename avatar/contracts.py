@@ -9,16 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from avatar.errors import InvalidRequest
+from avatar.catalog.backgrounds import BACKGROUNDS
+from avatar.catalog.palettes import PALETTES
 from avatar.catalog.platforms import BUILTIN_STYLES, PLATFORMS, RESOLUTIONS
+from avatar.catalog.styles import CUSTOM_INTENSITY as DEFAULT_CUSTOM_INTENSITY, DEFAULT_INTENSITY
 
 API_VERSION = "v1"
-
-PALETTES: tuple[str, ...] = ("neutral_grey", "warm_beige", "cool_blue", "navy", "forest", "sunset",
-                             "neon", "pastel", "monochrome")
-BACKGROUNDS: tuple[str, ...] = ("studio_light", "studio_dark", "gradient", "neon_geometric", "bokeh", "solid")
-
-DEFAULT_INTENSITY: dict[str, float] = {"corporate_headshot": 0.6, "anime_character": 0.8, "editorial_portrait": 0.7}
-DEFAULT_CUSTOM_INTENSITY = 0.8
 
 # Custom style tokens as issued by the training service: `sty_` followed by 8-64 url-safe characters.
 STYLE_TOKEN_RE = re.compile(r"^sty_[A-Za-z0-9_-]{8,64}$")

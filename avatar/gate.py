@@ -4,7 +4,7 @@ Platforms decide from the result whether to auto-accept, review or fall back, an
 each check is measured, reported with its value, and documented (docs/likeness.md):
 
 - face_present: the face detector finds a face overlapping `expected_box` (IoU >= 0.4; where the aligned geometry
-  put the face). Stylised outputs (anime) can defeat a photo detector, so for styles that are not photo-real the
+  put the face). Stylised outputs (anime) can defeat a photo detector, so for styles that are not photo-real (the catalogue's flag) the
   gate also accepts the face when its structure survived: the edge map of the output's face region correlates
   >= 0.5 with the unstyled aligned face's (measured: styles at full intensity 0.70-0.99; heavy blur 0.43; scrambled
   face blocks 0.05; another person's face 0.14). Without a reference crop the fallback is dlib's own accept line.
@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from avatar.vision.calibration import likeness_from_distance
 from avatar.catalog.platforms import PLATFORMS, TIER_LIKENESS_MIN
+from avatar.catalog.styles import is_photoreal
 from avatar.types import Box, DetectedFace, Warning
 
-PHOTOREAL_STYLES: frozenset[str] = frozenset({"corporate_headshot", "editorial_portrait"})
 DETECTOR_MIN_IOU = 0.4
 STRUCTURE_MIN_CORR = 0.5
 NO_REFERENCE_MIN_LIKENESS = 0.6   # dlib's accept line: without a reference crop, identity evidence stands in
@@ -140,7 +140,7 @@ class QualityGate:
             hits = [f for f in self.analyzer.detect(rgb) if box_iou(f.box, box) >= DETECTOR_MIN_IOU]
             if hits:
                 return "detector", float(max(f.score for f in hits))
-            if style in PHOTOREAL_STYLES:
+            if is_photoreal(style):
                 return "none", 0.0
         if ref.aligned is not None:
             corr = structure_correlation(rgb, ref.aligned, box)

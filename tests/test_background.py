@@ -10,8 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from avatar.engines.cpu_background import (CALM_PALETTES, CpuBackgroundEngine, generate_background, resolve_background,
-                                            safer_background)
+from avatar.catalog.backgrounds import safer_background
+from avatar.catalog.palettes import CALM_PALETTES
+from avatar.catalog.styles import resolve_background
+from avatar.engines.cpu_background import CpuBackgroundEngine, generate_background
 from avatar.vision.segmentation import PersonSegmenter
 from avatar.contracts import BACKGROUNDS, PALETTES
 from avatar.engines.registry import create_background_engine

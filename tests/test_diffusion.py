@@ -334,6 +334,18 @@ def test_lora_token_loads_and_scales(lora_engine, face):
     assert np.array_equal(styled, engine.apply(img, lm, spec("sty_loraAAAA", token=token)))   # and back
 
 
+def test_background_fill_is_the_catalogue_palette(background, face):
+    """The init image is flooded with the palette's base colour from the one palette table the CPU engine draws with."""
+    from avatar.catalog.palettes import PALETTES
+    img, _ = face
+    person = np.zeros(img.shape[:2], np.float32)
+    person[20:40, 20:40] = 1.0
+    for name in ("navy", "neutral_grey"):
+        filled = background._palette_init(img, person, name)
+        assert (filled[person == 0.0] == PALETTES[name].base).all()
+        assert np.array_equal(filled[person == 1.0], img[person == 1.0])
+
+
 def test_background_batch_matches_single(background, face):
     img, lm = face
     mask = np.zeros((SIZE, SIZE), np.float32)

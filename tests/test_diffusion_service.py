@@ -135,7 +135,7 @@ def test_changing_only_batch_settings_keeps_the_loaded_engine():
     replica.reconfigure({"engine": {"name": "cpu"}, "batch": {"max_batch_size": 6, "wait_timeout_s": 0.1}})
     assert replica.stage is stage and replica.run_batched._get_max_batch_size() == 6
     assert replica.run_batched._get_batch_wait_timeout_s() == 0.1
-    replica.reconfigure({"engine": {"name": "cpu", "options": {}}})   # an engine change rebuilds the stage
+    replica.reconfigure({"engine": {"name": "cpu", "options": {"threads": 1}}})   # an engine change rebuilds it
     assert replica.stage is not stage and replica.run_batched._get_max_batch_size() == 4
     with pytest.raises(ValueError):
         replica.reconfigure({"engine": {"name": "cpu"}, "batch": {"max_batch_size": 0}})

@@ -11,12 +11,12 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from avatar.vision import face_regions as fr
+from avatar.catalog.styles import STYLES as CATALOGUE, look_for
 from avatar.engines.cpu_style import CpuStyleEngine, apply_lut
-from avatar.engines.looks import LOOKS, look_for
 from avatar.engines.registry import create_style_engine
 from avatar.types import StyleSpec
 
-STYLES = tuple(LOOKS)
+STYLES = tuple(CATALOGUE)
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,8 @@ TEMPLATES = ("a portrait in the style of {}", "a photo of a person, {} style", "
 @dataclass
 class DiffusionTrainConfig(runner.StyleJobConfig):
     recipes: Any = "configs/diffusion.yaml"   # the recipe book the service uses (YAML path or dict)
-    base_style: str | None = None             # recipe whose base model the embedding is learnt on; default `custom`
+    base_style: str | None = None             # recipe whose base model the embedding is learnt on; default the
+                                              # book's `custom` (recorded as the token's base style)
     models_dir: str | None = None             # where relative model references live (as the engine's models_dir)
     local_files_only: bool = True
     init_word: str = "style"                  # the embedding starts from this word's embedding
@@ -75,7 +76,7 @@ class BaseModel:
 def resolve_base(cfg: DiffusionTrainConfig) -> BaseModel:
     """The recipe's base model, resolved the way the serving engine resolves it. ModelUnavailable when missing."""
     book = load_recipes(cfg.recipes)
-    style = cfg.base_style or book.custom or next(iter(book.recipes))
+    style = cfg.base_style or book.fallback   # the SD 1.x recipe a book names `custom` (SDXL cannot be trained)
     if style not in book.recipes:
         raise InvalidRequest(f"no diffusion recipe {style!r}; recipes: {', '.join(book.recipes)}",
                              field="base_style", code="unknown_base_style")

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from avatar.catalog.styles import DEFAULT_BASE_STYLE
 from avatar.tokens import StyleToken, build_manifest, save_token
 from training import runner
 from training.dataset import ExampleSet, degrade
@@ -30,7 +31,7 @@ BASE_ENGINE = (ENGINE, "1.0.0")
 
 @dataclass
 class TrainConfig(runner.StyleJobConfig):
-    base_style: str = "corporate_headshot"
+    base_style: str = DEFAULT_BASE_STYLE     # the built-in style the token's look builds on
     steps_per_epoch: int = 25
     batch_size: int = 8
     lut_size: int = 17
@@ -117,7 +118,7 @@ def _publish(cfg: TrainConfig, examples: ExampleSet, core: LutStyleModel, metric
 # ---------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p = runner.job_parser("python -m training.train_style", __doc__.split("\n")[0], epochs=8)
-    p.add_argument("--base-style", default="corporate_headshot")
+    p.add_argument("--base-style", default=DEFAULT_BASE_STYLE)
     a = p.parse_args(argv)
     return TrainConfig(base_style=a.base_style, **runner.job_config_args(a))
 

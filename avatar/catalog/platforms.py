@@ -7,11 +7,13 @@ a tight crop (larger face).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from avatar.catalog.styles import STYLES, StyleDefinition
 from avatar.errors import InvalidRequest
 
-BUILTIN_STYLES: tuple[str, ...] = ("corporate_headshot", "anime_character", "editorial_portrait")
+BUILTIN_STYLES: Mapping[str, StyleDefinition] = STYLES   # the catalogue itself, so new styles appear at once
 
 RESOLUTIONS: dict[str, int] = {"standard": 800, "high": 1200}
 

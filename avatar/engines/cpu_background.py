@@ -2,69 +2,22 @@
 
 The person pixels are never edited here: the output is `mask * styled + (1 - mask) * background`, so identity stays the
 StyleApply result's. Backgrounds are procedural (gradients, light discs, neon shapes), seeded from the request's style
-choices, so the same request gives the same picture.
+choices, so the same request gives the same picture. Kinds and palettes are the catalogue's (`avatar.catalog`).
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 
+from avatar.catalog.backgrounds import safer_background  # noqa: F401 - the retry path imports it from here
+from avatar.catalog.palettes import PALETTES, RGB, Palette
+from avatar.catalog.styles import resolve_background
 from avatar.vision.face_regions import FACE_OVAL, face_scale
 from avatar.types import StyleSpec
-
-RGB = tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class Palette:
-    """Colours a background is built from: a mid `base`, a `light` and a `dark` tone, and vivid `accents`."""
-
-    base: RGB
-    light: RGB
-    dark: RGB
-    accents: tuple[RGB, ...]
-
-
-PALETTE_COLOURS: dict[str, Palette] = {
-    "neutral_grey": Palette((150, 150, 153), (222, 222, 225), (78, 78, 84), ((190, 190, 195), (120, 120, 126))),
-    "warm_beige": Palette((200, 180, 155), (242, 230, 212), (120, 98, 78), ((225, 200, 165), (170, 140, 110))),
-    "cool_blue": Palette((120, 150, 185), (205, 222, 240), (45, 66, 105), ((150, 190, 230), (90, 120, 170))),
-    "navy": Palette((36, 52, 92), (90, 115, 170), (12, 18, 40), ((120, 150, 210), (60, 80, 140))),
-    "forest": Palette((52, 92, 66), (130, 170, 128), (18, 40, 28), ((160, 200, 120), (90, 140, 90))),
-    "sunset": Palette((225, 120, 72), (255, 205, 130), (70, 25, 60), ((255, 160, 70), (240, 90, 110), (255, 220, 150))),
-    "neon": Palette((120, 40, 200), (60, 230, 255), (14, 8, 34), ((255, 40, 200), (40, 230, 255), (140, 255, 60))),
-    "pastel": Palette((225, 205, 225), (245, 235, 245), (160, 150, 185), ((200, 225, 245), (210, 240, 215))),
-    "monochrome": Palette((128, 128, 128), (235, 235, 235), (28, 28, 28), ((200, 200, 200), (90, 90, 90))),
-}
-
-STYLE_DEFAULTS: dict[str, tuple[str, str]] = {      # style -> (background, palette)
-    "corporate_headshot": ("studio_light", "neutral_grey"),
-    "anime_character": ("neon_geometric", "neon"),
-    "editorial_portrait": ("bokeh", "sunset"),
-}
-FALLBACK_DEFAULT: tuple[str, str] = ("studio_light", "neutral_grey")   # custom styles without a known base
-
-CALM_PALETTES: frozenset[str] = frozenset({"neutral_grey", "warm_beige", "cool_blue", "pastel", "monochrome"})
-
-
-def safer_background(spec: StyleSpec) -> StyleSpec:
-    """`spec` with a calm, low-saturation studio background (after a content-safety failure on a busy or dark one)."""
-    palette = spec.palette if spec.palette in CALM_PALETTES else "neutral_grey"
-    return replace(spec, background="studio_light", palette=palette)
-
-
-def resolve_background(spec: StyleSpec) -> tuple[str, str]:
-    """The (background kind, palette name) a spec renders: its overrides, else its style's defaults."""
-    style = spec.style
-    if spec.token:
-        style = (spec.token.get("params") or {}).get("base_style", spec.token.get("base_style", style))
-    kind, palette = STYLE_DEFAULTS.get(style, FALLBACK_DEFAULT)
-    return spec.background or kind, spec.palette or palette
 
 
 # ---------------------------------------------------------------- backgrounds
@@ -93,8 +46,8 @@ def generate_background(kind: str, palette: str, shape: tuple[int, int], landmar
                         seed: int) -> np.ndarray:
     """A float32 (H, W, 3) RGB 0..255 background; drawn at half resolution (it is smooth) and upsampled."""
     try:
-        draw = _KINDS[kind]
-        colours = PALETTE_COLOURS[palette]
+        draw = DRAWERS[kind]
+        colours = PALETTES[palette]
     except KeyError as exc:
         raise ValueError(f"unknown background or palette: {exc.args[0]!r}") from None
     h, w = shape
@@ -202,5 +155,7 @@ def _add_disc(canvas: np.ndarray, x: float, y: float, r: float, colour: np.ndarr
     canvas[y0:y1, x0:x1] += (disc.astype(np.float32) / 255.0)[..., None] * colour
 
 
-_KINDS = {"studio_light": _studio_light, "studio_dark": _studio_dark, "gradient": _gradient,
-          "neon_geometric": _neon_geometric, "bokeh": _bokeh, "solid": _solid}
+# How this engine draws each catalogued background kind (`avatar.catalog.backgrounds`); a test checks none is missing.
+DRAWERS: dict[str, Callable[..., np.ndarray]] = {
+    "studio_light": _studio_light, "studio_dark": _studio_dark, "gradient": _gradient,
+    "neon_geometric": _neon_geometric, "bokeh": _bokeh, "solid": _solid}

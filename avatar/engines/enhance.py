@@ -3,7 +3,8 @@
 The whole image is resized with Lanczos. The face is what viewers look at, so when the output needs more face pixels
 than the crop has, only the face region goes through Real-ESRGAN (animevideov3 x4, ncnn on the CPU) at a small input
 size, and is blended back with a feathered mask. Then eyes, brows and lips get an unsharp mask, colour casts on the
-skin are gently corrected, and the per-style depth of field softens what lies away from the face.
+skin are gently corrected, and the per-style depth of field softens what lies away from the face. Each style's
+strengths are its catalogue entry's `enhance` (`avatar.catalog.styles`).
 """
 
 from __future__ import annotations
@@ -15,27 +16,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from avatar.catalog.styles import enhance_look
 from avatar.vision.face_regions import FACE_OVAL, face_masks, face_scale, feature_mask, mask_box, scale_landmarks
 
 UPSCALER_NAME = "realesr-animevideov3-x4"
-
-
-@dataclass(frozen=True)
-class EnhanceLook:
-    """Per-style enhancement strengths (training code and configuration may override them by name)."""
-
-    esr_blend: float = 0.6          # 0..1 share of the Real-ESRGAN face blended over the Lanczos face
-    feature_sharpen: float = 0.8    # 0..2 unsharp-mask amount on eyes, brows and lips
-    skin_tone: float = 0.5          # 0..1 share of the skin hue correction applied (casts only, never lightness)
-    dof_blur: float = 0.0           # background blur sigma as a share of the output side (0 = no depth of field)
-
-
-STYLE_ENHANCE: dict[str, EnhanceLook] = {
-    "corporate_headshot": EnhanceLook(esr_blend=0.55, feature_sharpen=0.8, skin_tone=0.5, dof_blur=0.0015),
-    "anime_character": EnhanceLook(esr_blend=0.9, feature_sharpen=0.5, skin_tone=0.0, dof_blur=0.0),
-    "editorial_portrait": EnhanceLook(esr_blend=0.5, feature_sharpen=1.0, skin_tone=0.4, dof_blur=0.006),
-}
-DEFAULT_ENHANCE = EnhanceLook(esr_blend=0.55, feature_sharpen=0.7, skin_tone=0.3, dof_blur=0.001)
 
 # Plausible skin hue range (Lab hue angle, degrees) across skin tones; means outside it are a colour cast.
 SKIN_HUE_RANGE: tuple[float, float] = (35.0, 70.0)
@@ -83,7 +67,7 @@ class DetailEnhancer:
 
     def enhance(self, image: np.ndarray, landmarks: np.ndarray, size: int, style: str) -> Enhanced:
         """`image` (S, S, 3) uint8 to (size, size, 3) uint8 with the face detail steps of `style`."""
-        look = STYLE_ENHANCE.get(style, DEFAULT_ENHANCE)
+        look = enhance_look(style)
         factor = size / image.shape[0]
         out = cv2.resize(image, (size, size), interpolation=cv2.INTER_LANCZOS4).astype(np.float32)
         lm = scale_landmarks(landmarks, factor)

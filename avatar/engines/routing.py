@@ -8,8 +8,8 @@ diffusion engine and professional ones with the CPU engine:
         styles: {editorial_portrait: {name: diffusion, options: {recipes: configs/diffusion.yaml}}}
         platforms: {discord: {name: diffusion, options: {recipes: configs/diffusion.yaml}}}
 
-A platform route wins over a style route; custom tokens route by their base style. Identical engine configurations
-are built once and shared.
+A platform route wins over a style route; custom tokens route by their base style (`base_style_of`). Identical engine
+configurations are built once and shared.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from avatar.catalog.styles import base_style_of
 from avatar.types import StyleSpec
 
 
@@ -46,10 +47,7 @@ class _Router:
         """The engine that renders `spec`: its platform's route, else its (base) style's, else the default."""
         if spec.platform in self.platforms:
             return self.platforms[spec.platform]
-        style = spec.style
-        if spec.token:
-            style = (spec.token.get("params") or {}).get("base_style", style)
-        return self.styles.get(style, self.default)
+        return self.styles.get(base_style_of(spec.style, spec.token), self.default)
 
     def close(self) -> None:
         for engine in self.engines:

@@ -21,6 +21,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from avatar.catalog.palettes import PALETTES
+from avatar.catalog.styles import resolve_background
 from avatar.errors import ModelUnavailable
 from avatar.engines.diffusion.control import conditioning_image
 from avatar.engines.diffusion.recipes import RecipeBook, StyleRecipe, load_recipes
@@ -29,10 +31,6 @@ from avatar.types import StyleSpec
 log = logging.getLogger(__name__)
 
 ENGINE_VERSION = "1.0"
-PALETTE_RGB: dict[str, tuple[int, int, int]] = {
-    "neutral_grey": (128, 128, 128), "warm_beige": (214, 196, 168), "cool_blue": (120, 150, 200),
-    "navy": (28, 40, 82), "forest": (44, 86, 52), "sunset": (236, 120, 90), "neon": (200, 40, 220),
-    "pastel": (220, 200, 230), "monochrome": (90, 90, 90)}
 
 
 # ---------------------------------------------------------------------------------------------------------- runtime
@@ -587,10 +585,11 @@ class DiffusionBackgroundEngine(_EngineBase):
         size = _work_size(recipe, max(h, w), 8)
         self._select_adapters(base, self._recipe_loras(style, recipe, base))
         guidance = recipe.effective_guidance
-        result = pipe(prompt=[self.book.background_prompt(recipe, s.background, s.palette) for s in specs],
+        scenes = [resolve_background(s) for s in specs]   # (kind, palette): the request's, else the style's
+        result = pipe(prompt=[self.book.background_prompt(recipe, kind, palette) for kind, palette in scenes],
                       negative_prompt=[recipe.negative_prompt + ", person, face"] * len(specs) if guidance > 1 else None,
-                      image=[_to_pil(self._palette_init(im, m, s.palette), size)
-                             for im, m, s in zip(images, persons, specs)],
+                      image=[_to_pil(self._palette_init(im, m, palette), size)
+                             for im, m, (_, palette) in zip(images, persons, scenes)],
                       mask_image=[Image.fromarray(((m < 0.5) * 255).astype(np.uint8)).resize(
                           (size, size), Image.Resampling.NEAREST) for m in persons],
                       height=size, width=size, strength=recipe.background_strength,
@@ -599,11 +598,11 @@ class DiffusionBackgroundEngine(_EngineBase):
                       output_type="np").images
         return [_composite(im, m, _from_np(arr, (w, h))) for im, m, arr in zip(images, persons, result)]
 
-    def _palette_init(self, image: np.ndarray, person: np.ndarray, palette: str | None) -> np.ndarray:
-        """The init image with the background flooded in the palette colour, so partial-strength runs keep it."""
+    def _palette_init(self, image: np.ndarray, person: np.ndarray, palette: str) -> np.ndarray:
+        """The init image with the background flooded in the palette's base colour, so partial-strength runs keep it."""
         if not self._palette_fill:
             return image[..., :3]
-        rgb = np.array(PALETTE_RGB.get(palette or "neutral_grey", (128, 128, 128)), np.float32)
+        rgb = np.array(PALETTES[palette].base, np.float32)
         alpha = person[..., None]
         return np.rint(image[..., :3] * alpha + rgb * (1.0 - alpha)).astype(np.uint8)
 

@@ -13,6 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from avatar.catalog.backgrounds import BACKGROUNDS
+from avatar.catalog.palettes import PALETTES
+from avatar.catalog.styles import base_style_of
 from avatar.errors import ModelUnavailable
 
 Span = tuple[float, float]   # (value at style_intensity 0, value at style_intensity 1)
@@ -127,13 +130,12 @@ class StyleRecipe(_Part):
 
 
 class RecipeBook(_Part):
-    """Recipes by style name; `custom` is the recipe custom style tokens render with (default: the first)."""
+    """Recipes by style name; `custom` is the recipe for a base style without its own (default: the first), and the
+    one diffusion style training learns on unless told otherwise."""
 
     recipes: dict[str, StyleRecipe]
     custom: str | None = None
     seed: int = 0
-    palettes: dict[str, str] = Field(default_factory=lambda: dict(PALETTE_WORDS))
-    backgrounds: dict[str, str] = Field(default_factory=lambda: dict(BACKGROUND_WORDS))
 
     @model_validator(mode="after")
     def _check(self) -> "RecipeBook":
@@ -143,28 +145,23 @@ class RecipeBook(_Part):
             raise ValueError(f"custom recipe {self.custom!r} is not among the recipes")
         return self
 
+    @property
+    def fallback(self) -> str:
+        """The recipe for base styles that have none of their own: `custom`, else the first."""
+        return self.custom or next(iter(self.recipes))
+
     def for_style(self, style: str, token: dict | None = None) -> tuple[str, StyleRecipe]:
-        """The recipe for a built-in style, or the custom recipe for a token (or a token's `base_style`)."""
-        if style in self.recipes:
-            return style, self.recipes[style]
-        name = (token or {}).get("base_style") or self.custom or next(iter(self.recipes))
-        if name not in self.recipes:
-            raise ModelUnavailable(f"no diffusion recipe for style {style!r}")
+        """The style's own recipe, else its base style's (`base_style_of`: how a custom token names its base), else
+        the fallback recipe."""
+        name = style if style in self.recipes else base_style_of(style, token)
+        name = name if name in self.recipes else self.fallback
         return name, self.recipes[name]
 
-    def background_prompt(self, recipe: StyleRecipe, background: str | None, palette: str | None) -> str:
-        return recipe.background_prompt.format(
-            background=self.backgrounds.get(background or "studio_light", background or "studio"),
-            palette=self.palettes.get(palette or "neutral_grey", palette or "neutral colours"))
-
-
-PALETTE_WORDS: dict[str, str] = {
-    "neutral_grey": "neutral grey tones", "warm_beige": "warm beige tones", "cool_blue": "cool blue tones",
-    "navy": "deep navy blue", "forest": "forest green tones", "sunset": "orange and pink sunset colours",
-    "neon": "vivid neon magenta and cyan", "pastel": "soft pastel colours", "monochrome": "black and white"}
-BACKGROUND_WORDS: dict[str, str] = {
-    "studio_light": "bright seamless studio", "studio_dark": "dark seamless studio", "gradient": "smooth gradient",
-    "neon_geometric": "neon geometric shapes", "bokeh": "blurred city lights bokeh", "solid": "plain solid colour"}
+    @staticmethod
+    def background_prompt(recipe: StyleRecipe, background: str, palette: str) -> str:
+        """The recipe's background prompt with the catalogue's words for the background kind and palette."""
+        return recipe.background_prompt.format(background=BACKGROUNDS[background].words,
+                                               palette=PALETTES[palette].words)
 
 
 def load_recipes(source: "RecipeBook | dict[str, Any] | str | Path") -> RecipeBook:
