@@ -314,6 +314,11 @@ class SaveAvatarStage:
         meta.update({f"avatar:{k}": v for k, v in sorted(job.versions.items())})
         return meta
 
+    def keys(self, job: AvatarJob) -> tuple[str, str]:
+        """Where the avatar and its thumbnail go (directory batches name them after the photo instead)."""
+        day = job.created_at[:10].replace("-", "/")
+        return f"avatars/{day}/{job.request_id}.png", f"avatars/{day}/{job.request_id}_thumb.png"
+
     def run(self, job: AvatarJob, outcome: Outcome | None = None) -> AvatarJob:
         """Stores the chosen attempt; `outcome` (None without a quality gate: delivered as is, billable) brings the
         gate's verdicts."""
@@ -326,9 +331,7 @@ class SaveAvatarStage:
             info = PngInfo()
             for key, value in self.metadata(job).items():
                 info.add_text(key, value)
-            day = job.created_at[:10].replace("-", "/")
-            job.avatar_key = f"avatars/{day}/{job.request_id}.png"
-            job.thumbnail_key = f"avatars/{day}/{job.request_id}_thumb.png"
+            job.avatar_key, job.thumbnail_key = self.keys(job)
             self.storage.put(job.avatar_key, _png(image, info, self.compress_level))
             thumb = image.resize((self.thumbnail_size, self.thumbnail_size), Image.Resampling.LANCZOS)
             self.storage.put(job.thumbnail_key, _png(thumb, info, self.compress_level))

@@ -56,7 +56,7 @@ class JobRecord:
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
-    expires_at: float | None = None
+    expires_at: float | None = None             # set when the job ends: ttl_s later it is deleted
     output: dict[str, Any] | None = None        # generate: the synchronous answer; batch: result URLs and summary
     error: dict[str, Any] | None = None         # the JSON error body of a failed job
     counts: dict[str, int] = field(default_factory=dict)   # items by state
@@ -187,6 +187,9 @@ _ITEM_COLS = ("job_id, idx, external_id, source, request_id, state, attempts, ow
               "started_at, finished_at, outputs")
 
 
+_LIVE = "(expires_at IS NULL OR expires_at>?)"   # a job expires `ttl_s` after it ends, never while active
+
+
 def _loads(text: str | None) -> Any:
     return json.loads(text) if text else None
 
@@ -236,7 +239,7 @@ class SqliteJobStore:
         with self._tx() as db:
             db.execute(f"INSERT INTO jobs ({_JOB_COLS}, ttl_s) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        (job_id, account, kind, QUEUED, json.dumps(params), base_url, webhook_url,
-                        json.dumps(list(webhook_events or [])), now, None, None, now + ttl_s, None, None, ttl_s))
+                        json.dumps(list(webhook_events or [])), now, None, None, None, None, None, ttl_s))
             db.executemany("INSERT INTO items (job_id, idx, external_id, source, request_id, state) "
                            "VALUES (?,?,?,?,?,?)",
                            [(job_id, i, ext, json.dumps(src), new_request_id(), QUEUED)
@@ -257,13 +260,13 @@ class SqliteJobStore:
     def get_job(self, account: str, job_id: str) -> JobRecord | None:
         """The account's job, or None when missing, expired or another account's (callers answer 404)."""
         with self._read() as db:
-            row = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE job_id=? AND account=? AND expires_at>?",
+            row = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE job_id=? AND account=? AND {_LIVE}",
                              (job_id, account, time.time())).fetchone()
             return self._job(db, row) if row else None
 
     def list_jobs(self, account: str, limit: int = 50, kind: str | None = None) -> list[JobRecord]:
         with self._read() as db:
-            rows = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE account=? AND expires_at>? "
+            rows = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE account=? AND {_LIVE} "
                               "AND (? IS NULL OR kind=?) ORDER BY created_at DESC LIMIT ?",
                               (account, time.time(), kind, kind, limit)).fetchall()
             return [self._job(db, r) for r in rows]
@@ -281,7 +284,7 @@ class SqliteJobStore:
         refused), the job ends now. A finished job is returned unchanged."""
         now = time.time()
         with self._tx() as db:
-            row = db.execute("SELECT state, ttl_s FROM jobs WHERE job_id=? AND account=? AND expires_at>?",
+            row = db.execute(f"SELECT state, ttl_s FROM jobs WHERE job_id=? AND account=? AND {_LIVE}",
                              (job_id, account, now)).fetchone()
             if row is None:
                 return None
