@@ -428,5 +428,6 @@ class WebhookSecret(BaseModel):
                                                                 "until then.")
 
 
-__all__ = ["API_VERSION", "BACKGROUNDS", "BatchRequest", "JobView", "WebhookFields", "PALETTES", "RESOLUTIONS", "GenerateRequest", "GenerateResponse",
-           "CheckRequest", "CheckResponse", "ErrorResponse", "parse_request", "is_style_token", "validation_error"]
+__all__ = ["API_VERSION", "BACKGROUNDS", "PALETTES", "RESOLUTIONS", "BatchRequest", "GenerateRequest",
+           "GenerateResponse", "JobView", "WebhookFields", "CheckRequest", "CheckResponse", "ErrorResponse",
+           "parse_request", "is_style_token", "validation_error"]

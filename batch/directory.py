@@ -16,7 +16,6 @@ with the same error code the HTTP API would give; it never stops the run.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 import uuid

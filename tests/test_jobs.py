@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import os
 import time
 import zipfile
@@ -379,3 +378,27 @@ def test_multipart_batch_names_members_by_file_name(api, pipeline, astronaut):
     assert [(i["external_id"], i["state"]) for i in items] == [("alice", "succeeded"), ("bob", "succeeded")]
     leftover = [k for k in api.ingress.storage.list("job-inputs") if resp.json()["job_id"] in k]
     assert leftover == []                     # uploads are deleted once their item is done
+
+
+def test_style_training_requests_are_idempotent_too(api):
+    key = {**api.a, "Idempotency-Key": "style-1"}
+    body = {"images_uri": "s3://elsewhere/examples/"}           # refused: not a location the operator opened
+    first = api.post("/v1/styles", headers=key, json=body)
+    again = api.post("/v1/styles", headers=key, json=body)
+    assert first.status_code == again.status_code == 422 and again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    other = api.post("/v1/styles", headers=key, json={"images_uri": "s3://other/"})
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_finished_jobs_expire_with_their_outputs(api, pipeline, astronaut, monkeypatch):
+    monkeypatch.setenv("AVATAR_JOB_TTL_S", "1")
+    resp = api.post("/v1/avatar/generate", headers={**api.a, **ASYNC}, json={"image": _b64(astronaut)})
+    worker = worker_for(api, pipeline, sweep_every_s=0.1)
+    drain(worker)
+    job = api.get(resp.json()["status_url"], headers=api.a).json()
+    assert job["state"] == "succeeded" and api.get(job["output"]["avatar_url"]).status_code == 200
+    time.sleep(1.2)
+    drain(worker)                                     # the runner's sweep
+    assert api.get(resp.json()["status_url"], headers=api.a).status_code == 404
+    assert api.get(job["output"]["avatar_url"]).status_code == 404      # the avatar is deleted too

@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 
 from avatar.catalog.platforms import BUILTIN_STYLES
-from avatar.contracts import ErrorResponse, StyleJobRequest, StyleView, StylesList, is_style_token
+from avatar.contracts import StyleJobRequest, StyleView, StylesList, is_style_token
 from avatar.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from avatar.store.accounts import StyleRecord
 from avatar.store.storage import Storage
