@@ -332,7 +332,8 @@ class BatchRequest(WebhookFields):
         return self
 
     def look(self) -> GenerateRequest:
-        """The generate parameters every member shares (validated like a single generate's)."""
+        """The generate parameters every member shares, as a generate request (its photo source is a placeholder:
+        each member brings its own)."""
         return GenerateRequest(input_id="in_" + "x" * 22, style=self.style, platform=self.platform,
                                palette=self.palette, background=self.background, resolution=self.resolution,
                                style_intensity=self.style_intensity)

@@ -29,6 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+READ_CPUS = 0.1
 
 RESULT_SCHEMA = pa.schema([
     ("external_id", pa.string()), ("source", pa.string()), ("state", pa.string()), ("output", pa.string()),
@@ -161,10 +162,12 @@ def run(source: str, out: str, options: BatchOptions, overwrite: bool = False, p
     if todo:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False        # one bar, per photo, below
-        ds = ray.data.read_binary_files(todo, filesystem=fs, include_paths=True)
+        # reading is I/O: a sliver of a CPU per read task, so a pool that fills the cluster cannot starve its input
+        ds = ray.data.read_binary_files(todo, filesystem=fs, include_paths=True, num_cpus=READ_CPUS)
         ds = ds.map_batches(AvatarMaker, fn_constructor_kwargs={"options": asdict(options), "out": out, "root": root},
-                            batch_size=options.batch_size, batch_format="numpy", concurrency=options.actors,
-                            num_cpus=options.cpus_per_actor)
+                            batch_size=options.batch_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=options.actors),
+                            num_cpus=actor_cpus(options, ray.cluster_resources().get("CPU", 1.0)))
         with tqdm(total=len(todo), unit="photo", disable=not progress, desc="avatars") as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 rows.extend(batch.to_pylist())
@@ -176,6 +179,13 @@ def run(source: str, out: str, options: BatchOptions, overwrite: bool = False, p
     ok = sum(r["state"] == "succeeded" for r in rows)
     return RunSummary(run_id, len(paths), len(paths) - len(todo), ok, len(rows) - ok, round(seconds, 2),
                       round(len(rows) / seconds, 3) if rows else 0.0, results)
+
+
+def actor_cpus(options: BatchOptions, cluster_cpus: float) -> float:
+    """CPUs per actor: as asked, but never so many that the pool plus a read task exceed the cluster (the pool
+    would wait for CPUs its own input needs)."""
+    fit = (cluster_cpus - READ_CPUS) / max(options.actors, 1)
+    return max(min(options.cpus_per_actor, fit), 0.1)
 
 
 def options_check(options: BatchOptions) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from avatar.contracts import GenerateResponse, ValidationWarning
 from avatar.job import AvatarJob
-from avatar.store.jobs import BATCH, RUNNING, DeliveryRecord, ItemRecord, JobRecord
+from avatar.store.jobs import RUNNING, DeliveryRecord, ItemRecord, JobRecord
 from avatar.store.storage import UrlSigner
 
 
@@ -78,7 +78,3 @@ def _delivery(d: DeliveryRecord) -> dict[str, Any]:
 def item_view(item: ItemRecord) -> dict[str, Any]:
     return {"index": item.idx, "external_id": item.external_id, "state": item.state, "billable": item.billable,
             "result": item.result, "error": item.error}
-
-
-def is_batch(job: JobRecord) -> bool:
-    return job.kind == BATCH

@@ -29,7 +29,7 @@ from avatar.flow.names import Stage
 from avatar.job import AvatarJob, PhotoInput
 from avatar.settings import settings
 from avatar.store.fetch import FetchPolicy
-from avatar.store.jobs import (BATCH, CANCELED, DELIVERED, FAILED, GAVE_UP, PENDING, SUCCEEDED, ItemRecord,
+from avatar.store.jobs import (BATCH, DELIVERED, FAILED, GAVE_UP, PENDING, SUCCEEDED, ItemRecord,
                                JobRecord, JobStore, open_job_store)
 from avatar.store.storage import Storage, UrlSigner
 from avatar.vision.imageio import b64decode_image
@@ -433,4 +433,4 @@ class JobRunner:
             telemetry.close()
 
 
-__all__ = ["CANCELED", "JobRunner", "JobWorker", "emit", "upload_key"]
+__all__ = ["JobRunner", "JobWorker", "emit", "upload_key"]

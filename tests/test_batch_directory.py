@@ -46,7 +46,7 @@ def local_ray():
 def test_a_folder_through_ray_data_then_resumed(folder, local_ray, tmp_path):
     from batch.directory import BatchOptions, read_results, run
     out = tmp_path / "out"
-    options = BatchOptions(platform="linkedin", palette="navy", actors=1, cpus_per_actor=1, batch_size=2)
+    options = BatchOptions(platform="linkedin", palette="navy", actors=2, cpus_per_actor=1, batch_size=2)
     first = run(str(folder), str(out), options, progress=False)
     assert (first.total, first.skipped, first.succeeded, first.failed) == (4, 0, 2, 2)
     table = read_results(str(out)).to_pylist()
@@ -72,6 +72,12 @@ def test_the_cli_validates_the_team_look_before_starting(folder, tmp_path, capsy
                  "--num-cpus", "1"]) == 2
     assert json.loads(capsys.readouterr().err)["error"]["field"] == "palette"
     assert not (tmp_path / "o" / "avatars").exists()
+
+
+def test_the_actor_pool_always_leaves_room_for_reading():
+    from batch.directory import READ_CPUS, BatchOptions, actor_cpus
+    assert actor_cpus(BatchOptions(actors=2, cpus_per_actor=1.0), 8) == 1.0
+    assert 2 * actor_cpus(BatchOptions(actors=2, cpus_per_actor=1.0), 2) + READ_CPUS <= 2
 
 
 def test_the_rayjob_manifest_runs_a_valid_batch_command():
