@@ -145,6 +145,9 @@ class RunSummary:
     seconds: float
     avatars_per_s: float
     results: str | None
+    first_result_s: float | None = None   # start-up: listing, actors loading their models, the first batch
+    steady_per_s: float | None = None     # after the first results: the pool's pace without start-up
+    mean_photo_ms: float | None = None    # one photo in one actor (the stages alone)
 
 
 def run(source: str, out: str, options: BatchOptions, overwrite: bool = False, progress: bool = True,
@@ -159,6 +162,7 @@ def run(source: str, out: str, options: BatchOptions, overwrite: bool = False, p
     todo = [p for p in paths if external_id(p, root) not in done][:limit]
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     rows: list[dict[str, Any]] = []
+    first_at: float | None = None
     if todo:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False        # one bar, per photo, below
@@ -170,15 +174,23 @@ def run(source: str, out: str, options: BatchOptions, overwrite: bool = False, p
                             num_cpus=actor_cpus(options, ray.cluster_resources().get("CPU", 1.0)))
         with tqdm(total=len(todo), unit="photo", disable=not progress, desc="avatars") as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                if first_at is None:
+                    first_at, first_rows = time.perf_counter(), batch.num_rows
                 rows.extend(batch.to_pylist())
                 bar.update(batch.num_rows)
     for row in rows:
         row["run_id"] = run_id
     results = write_results(out, run_id, rows) if rows else None
-    seconds = time.perf_counter() - started
+    ended = time.perf_counter()
+    seconds = ended - started
     ok = sum(r["state"] == "succeeded" for r in rows)
+    steady = None
+    if first_at is not None and len(rows) > first_rows and ended > first_at:
+        steady = round((len(rows) - first_rows) / (ended - first_at), 3)
     return RunSummary(run_id, len(paths), len(paths) - len(todo), ok, len(rows) - ok, round(seconds, 2),
-                      round(len(rows) / seconds, 3) if rows else 0.0, results)
+                      round(len(rows) / seconds, 3) if rows else 0.0, results,
+                      round(first_at - started, 2) if first_at is not None else None, steady,
+                      round(sum(r["latency_ms"] for r in rows) / len(rows), 1) if rows else None)
 
 
 def actor_cpus(options: BatchOptions, cluster_cpus: float) -> float:

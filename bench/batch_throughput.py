@@ -41,7 +41,7 @@ def jpegs(count: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def ray_data(items: list[tuple[str, bytes]], cpus: int, actors: int) -> float:
+def ray_data(items: list[tuple[str, bytes]], cpus: int, actors: int):
     import ray
 
     from batch.directory import BatchOptions, run
@@ -58,7 +58,7 @@ def ray_data(items: list[tuple[str, bytes]], cpus: int, actors: int) -> float:
         shutil.rmtree(src, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
     assert summary.succeeded == len(items), summary
-    return summary.seconds
+    return summary
 
 
 def serve_batch(items: list[tuple[str, bytes]], cpus: int, concurrency: int) -> float:
@@ -105,7 +105,7 @@ def _wait(client: httpx.Client, accepted: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photos", type=int, default=20)
+    parser.add_argument("--photos", type=int, default=40)
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--runner-concurrency", type=int, default=4)
@@ -114,8 +114,11 @@ def main() -> None:
     items = jpegs(args.photos)
     print(f"load average before: {os.getloadavg()}")
     rd = ray_data(items, args.cpus, args.actors)
-    print(f"Ray Data   : {len(items)} avatars in {rd:6.1f} s = {len(items) / rd:.2f}/s, "
-          f"{len(items) / rd / args.cpus:.2f}/s per core ({args.actors} actors, model loading included)")
+    print(f"Ray Data   : {len(items)} avatars in {rd.seconds:6.1f} s = {rd.avatars_per_s:.2f}/s, "
+          f"{rd.avatars_per_s / args.cpus:.2f}/s per core ({args.actors} actors, start-up included); "
+          f"after the first results ({rd.first_result_s:.1f} s): {rd.steady_per_s:.2f}/s, "
+          f"{rd.steady_per_s / args.cpus:.2f}/s per core; one photo in an actor: {rd.mean_photo_ms:.0f} ms "
+          f"({args.actors * 1000 / rd.mean_photo_ms / args.cpus:.2f}/s per core from that)")
     print(f"load average: {os.getloadavg()}")
     sv = serve_batch(items, args.cpus, args.runner_concurrency)
     print(f"Serve batch: {len(items)} avatars in {sv:6.1f} s = {len(items) / sv:.2f}/s, "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -53,6 +54,8 @@ def service():
         ray.shutdown()
         os.environ.clear()
         os.environ.update(saved)
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _b64(image) -> str:
