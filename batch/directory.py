@@ -115,7 +115,8 @@ class AvatarMaker:
         ident = external_id(path, self.root)
         job = AvatarJob(request_id=AvatarJob.new_request_id(), style=req.resolved_style, platform=req.platform,
                         size=req.size, intensity=req.resolved_intensity, palette=req.palette,
-                        background=req.background, match_lighting=self.options.match_lighting)
+                        background=req.background, template=req.template,
+                        match_lighting=self.options.match_lighting)
         self.names[job.request_id] = ident
         row: dict[str, Any] = {"external_id": ident, "source": path, "state": "failed", "output": None,
                                "error_code": None, "error_message": None, "likeness": None, "billable": False,

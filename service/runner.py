@@ -23,6 +23,7 @@ from typing import Any, Callable
 from ray import serve
 
 from avatar.deliverables import Member, avatars_zip, contact_sheet
+from avatar.engines.template import OutputTemplate
 from avatar.errors import InvalidRequest, NotFound
 from avatar.flow import orchestrator
 from avatar.flow.names import Stage
@@ -248,9 +249,13 @@ class JobWorker:
     @staticmethod
     def avatar_job(job: JobRecord, item: ItemRecord) -> AvatarJob:
         p = job.params
+        template = p.get("template")
+        if template and template.get("border_color") is not None:
+            template = {**template, "border_color": tuple(template["border_color"])}
         return AvatarJob(request_id=item.request_id, style=p["style"], platform=p["platform"], size=p["size"],
                          intensity=p["intensity"], palette=p.get("palette"), background=p.get("background"),
-                         account=job.account, match_lighting=bool(p.get("match_lighting")))
+                         template=OutputTemplate(**template) if template else None, account=job.account,
+                         match_lighting=bool(p.get("match_lighting")))
 
     def source(self, item: ItemRecord) -> PhotoInput:
         src = item.source
@@ -377,7 +382,8 @@ def _log_failure(task: asyncio.Task) -> None:
 
 
 def _public_params(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: params.get(k) for k in ("style", "platform", "palette", "background", "size", "match_lighting")}
+    return {k: params.get(k) for k in ("style", "platform", "palette", "background", "size", "template",
+                                       "match_lighting")}
 
 
 def _ms(started: float) -> float:

@@ -10,6 +10,7 @@ Uploaded photos are kept in storage only until their item is done.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import PurePath
 from typing import Any
@@ -68,9 +69,10 @@ async def webhook_of(fields: dict[str, Any]) -> tuple[str | None, list[str]]:
 
 
 def _params(req: GenerateRequest, match_lighting: bool = False) -> dict[str, Any]:
+    """What the runner needs to rebuild the job: the resolved generate parameters and the output template."""
     return {"style": req.resolved_style, "platform": req.platform, "size": req.size,
             "intensity": req.resolved_intensity, "palette": req.palette, "background": req.background,
-            "match_lighting": match_lighting}
+            "template": dataclasses.asdict(req.template), "match_lighting": match_lighting}
 
 
 async def _authorize(ingress: Any, account: str, req: GenerateRequest) -> None:

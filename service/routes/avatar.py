@@ -55,7 +55,8 @@ async def _generate(request: Request, ingress, account: str | None, payload: dic
                     started: float) -> GenerateResponse | JSONResponse:
     req: GenerateRequest = parse_request(GenerateRequest, payload)
     job = AvatarJob(request_id=AvatarJob.new_request_id(), style=req.resolved_style, platform=req.platform,
-                    size=req.size, intensity=req.resolved_intensity, palette=req.palette, background=req.background)
+                    size=req.size, intensity=req.resolved_intensity, palette=req.palette, background=req.background,
+                    template=req.template)
     await ingress.auth.authorize_style(account, job)   # a custom token must be the account's own
     timeout = ingress.config.request_timeout_s
     try:
