@@ -371,11 +371,13 @@ def test_multipart_batch_names_members_by_file_name(api, pipeline, astronaut):
     files = [("images", ("alice.jpg", _jpeg(astronaut), "image/jpeg")),
              ("images", ("bob.png", _jpeg(astronaut), "image/png"))]
     resp = api.post("/v1/batches", headers=api.a, files=files,
-                    data={"platform": "teams", "match_lighting": "false", "webhook_events": ""})
+                    data={"platform": "teams", "match_lighting": "false", "webhook_events": "", "shape": "circle"})
     assert resp.status_code == 202, resp.text
     drain(worker_for(api, pipeline, max_concurrency=2))
     items = api.get(f"{resp.json()['status_url']}/items", headers=api.a).json()["items"]
     assert [(i["external_id"], i["state"]) for i in items] == [("alice", "succeeded"), ("bob", "succeeded")]
+    avatar = Image.open(io.BytesIO(api.get(items[0]["result"]["avatar_url"]).content))
+    assert avatar.mode == "RGBA" and avatar.getpixel((2, 2))[3] == 0      # the team's template: a circle
     leftover = [k for k in api.ingress.storage.list("job-inputs") if resp.json()["job_id"] in k]
     assert leftover == []                     # uploads are deleted once their item is done
 
