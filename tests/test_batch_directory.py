@@ -46,7 +46,7 @@ def local_ray():
 def test_a_folder_through_ray_data_then_resumed(folder, local_ray, tmp_path):
     from batch.directory import BatchOptions, read_results, run
     out = tmp_path / "out"
-    options = BatchOptions(platform="linkedin", palette="navy", actors=2, cpus_per_actor=1, batch_size=2)
+    options = BatchOptions(platform="linkedin", palette="neutral_grey", actors=2, cpus_per_actor=1, batch_size=2)
     first = run(str(folder), str(out), options, progress=False)
     assert (first.total, first.skipped, first.succeeded, first.failed) == (4, 0, 2, 2)
     table = read_results(str(out)).to_pylist()
