@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from avatar import __version__
 from service import errors, openapi
-from service.routes import avatar, files, ops, styles
+from service.routes import avatar, batches, files, jobs, ops, styles, webhooks
 
 app = FastAPI(
     title="Avatar generation service",
@@ -21,7 +21,7 @@ app = FastAPI(
     docs_url="/docs",
     redoc_url=None,
 )
-for router in (avatar.router, styles.router, files.router, ops.router):
+for router in (avatar.router, jobs.router, batches.router, webhooks.router, styles.router, files.router, ops.router):
     app.include_router(router)
 errors.install(app)
 openapi.install(app)

@@ -24,9 +24,10 @@ def test_rayservice_embeds_the_serve_config():
 def test_every_stage_is_configured_with_its_own_scaling_and_gpu_share():
     from avatar.flow.names import Stage
     from service.ingress import AvatarIngress
+    from service.runner import JobRunner
     app = app_config(load_config())
     configured = {d["name"]: d for d in app["deployments"]}
-    assert set(configured) == {s.deployment for s in Stage} | {AvatarIngress.name}
+    assert set(configured) == {s.deployment for s in Stage} | {AvatarIngress.name, JobRunner.name}
     for name in ("FaceDetect", "StyleApply", "BgGenerate", "DetailEnhance", "QualityGate"):
         dep = configured[name]
         assert 0 < dep["ray_actor_options"]["num_gpus"] < 1, name
