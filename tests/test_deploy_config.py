@@ -51,10 +51,14 @@ def test_cpu_profile_caps_autoscaling_to_fit_the_node():
     config = load_config()
     for cpus, ceiling in ((2, 1), (8, 4)):
         deployments = app_config(apply_cpu_profile(config, 0.1, node_cpus=cpus))["deployments"]
+        most = {}
         for dep in deployments:
-            scaling = dep["autoscaling_config"]
-            assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"] <= ceiling, (cpus, dep["name"], scaling)
-        assert sum(d["autoscaling_config"]["max_replicas"] * d["ray_actor_options"]["num_cpus"]
+            scaling = dep.get("autoscaling_config")
+            if scaling:
+                assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"] <= ceiling, (cpus, dep["name"], scaling)
+            most[dep["name"]] = scaling["max_replicas"] if scaling else dep["num_replicas"]
+            assert most[dep["name"]] <= ceiling, (cpus, dep["name"])
+        assert sum(most[d["name"]] * d["ray_actor_options"]["num_cpus"]
                    for d in deployments) <= cpus   # every replica autoscaling may ask for can be placed
 
 
