@@ -70,6 +70,18 @@ class Forbidden(AvatarError):
     status, code = 403, "forbidden"
 
 
+class TooManyRequests(AvatarError):
+    """The caller is over one of its own limits (concurrent requests, training jobs, cached inputs): retry later."""
+
+    status, code = 429, "too_many_requests"
+
+
+class Overloaded(AvatarError):
+    """The service is at capacity and refuses new work at once rather than queueing it past its deadline."""
+
+    status, code = 503, "overloaded"
+
+
 class ModelUnavailable(AvatarError):
     """A model component could not be located or loaded (a start-up error, never a request error)."""
 
@@ -80,3 +92,9 @@ class StageFailed(AvatarError):
     """A pipeline stage failed on a valid request; the service stays up and answers 500/503."""
 
     status, code = 500, "stage_failed"
+
+
+class InsufficientCredits(AvatarError):
+    """The account's balance is below the avatar's price: refused before any work (402)."""
+
+    status, code = 402, "insufficient_credits"

@@ -30,7 +30,8 @@ def error_response(exc: AvatarError, request_id: str | None = None) -> JSONRespo
     body = exc.to_body()
     if request_id:
         body["request_id"] = request_id
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status in (503, 504) else None
+    retry = exc.extra.get("retry_after_s", RETRY_AFTER_S)
+    headers = {"Retry-After": str(retry)} if exc.status in (429, 503, 504) else None
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
