@@ -53,8 +53,8 @@ class AccountsConfig(BaseModel):
     rate_limits: bool = Field(True, description="per-account token buckets in the shared database")
     default_plan: str = "standard"
     plans: dict[str, Plan] = Field(default_factory=_default_plans)
-    anonymous: Plan = Field(Plan(requests_per_minute=60, burst=10),
-                            description="rate of calls without an API key, per client address")
+    anonymous: Plan | None = Field(None, description="rate of calls without an API key, per client address; unset: "
+                                                     "not limited (production sets require_api_key instead)")
 
     @model_validator(mode="after")
     def _default_exists(self) -> AccountsConfig:

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from avatar.billing import AccountsConfig
 from avatar.flow.assembly import ConfigError, describe_invalid, stage_config
 from avatar.flow.names import Stage
 
@@ -38,6 +39,7 @@ class IngressConfig(BaseModel):
     require_api_key: bool = Field(False, description="built-in styles too need `Authorization: Bearer <api key>`")
     usage_flush_interval_s: float = Field(30.0, ge=0)
     styles: StylesConfig = StylesConfig()
+    accounts: AccountsConfig = Field(AccountsConfig(), description="credits, rate limits and plans (avatar.billing)")
 
 
 def ingress_config(raw: dict[str, Any] | None) -> IngressConfig:

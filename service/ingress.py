@@ -19,6 +19,7 @@ from avatar.settings import settings
 from avatar.store.storage import Storage, UrlSigner
 from service.app import app
 from service.auth import Authenticator
+from service.billing import Billing
 from service.config import INGRESS, IngressConfig, ingress_config
 from service.replicas import model_id_for
 from service.telemetry import Telemetry
@@ -35,12 +36,17 @@ class Ingress:
         self.public_url = env.public_url
         self.signer = UrlSigner(env.url_signing_key(), env.url_ttl_s)
         self.storage = Storage(env.resolved_storage_uri)
-        self.auth = Authenticator(env.resolved_accounts_uri)
+        self.auth = Authenticator(env.resolved_database_url)
         self.config = IngressConfig()
-        self.telemetry = Telemetry(env.resolved_usage_uri, self.config.usage_flush_interval_s)
+        self.billing = Billing(env.resolved_database_url, self.config.accounts,
+                               plan_of=lambda account: self.auth.store.get_account(account))
+        self.usage_uri = env.resolved_usage_uri
+        self.telemetry = Telemetry(self.usage_uri, self.config.usage_flush_interval_s)
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         self.config = ingress_config(user_config)
+        self.billing.config = self.config.accounts
+        self.billing.stale_after_s = max(600.0, 3 * self.config.request_timeout_s)
         self.telemetry.flush_interval_s = self.config.usage_flush_interval_s
 
     def __del__(self) -> None:   # Serve calls this on graceful shutdown: buffered usage rows are written

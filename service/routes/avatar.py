@@ -34,6 +34,7 @@ async def generate(request: Request, ingress: Ingress, account: Account) -> Gene
     job = AvatarJob(request_id=AvatarJob.new_request_id(), style=req.resolved_style, platform=req.platform,
                     size=req.size, intensity=req.resolved_intensity, palette=req.palette, background=req.background)
     await ingress.auth.authorize_style(account, job)   # a custom token must be the account's own
+    charge = await ingress.billing.hold(request, account, job, req.external_id)   # 402 here, before any work
     timeout = ingress.config.request_timeout_s
     try:
         done = await asyncio.wait_for(
@@ -42,11 +43,14 @@ async def generate(request: Request, ingress: Ingress, account: Account) -> Gene
         error = as_avatar_error(exc, timeout)
         if error.status >= 500:
             log.error("request %s failed: %s (%s)", job.request_id, error.message, type(exc).__name__)
+        await ingress.billing.release(request, charge)   # a refused request costs nothing
         job.input_quality_score = float(error.extra.get("input_quality_score", 0.0))
-        ingress.telemetry.refused(job, error.code, _ms(started))
+        ingress.telemetry.refused(job, error.code, _ms(started), external_id=req.external_id)
         return error_response(error, job.request_id)
     body = ingress.response(request, done, _ms(started))
-    ingress.telemetry.delivered(done, body.latency_ms)
+    charge = await ingress.billing.settle(request, charge, done.billable)
+    ingress.telemetry.delivered(done, body.latency_ms, credits=charge.charged if charge else 0,
+                                external_id=req.external_id)
     return body
 
 
