@@ -21,7 +21,7 @@ from service.app import app
 from service.auth import Authenticator
 from service.billing import Billing
 from service.config import INGRESS, IngressConfig, ingress_config
-from service.replicas import model_id_for
+from service.replicas import model_id_for, replica_location
 from service.telemetry import Telemetry
 
 
@@ -70,6 +70,13 @@ class Ingress:
             return getattr(handle, method).remote(*args)
 
         return call
+
+    def location(self) -> dict[str, str] | None:
+        """The node and replica answering (None outside Serve: tests with stand-in handles)."""
+        try:
+            return replica_location()
+        except Exception:  # noqa: BLE001 - no replica context
+            return None
 
     def style_jobs(self):
         from training.jobs import StyleJobs

@@ -86,6 +86,10 @@ class Telemetry:
         with self._lock:
             self.tally.update({"check": 1, f"check:{outcome}": 1})
 
+    def served_file(self) -> None:
+        with self._lock:
+            self.tally["files"] += 1
+
     def summary(self) -> dict[str, Any]:
         """Counts of this ingress replica since start, with the gate's pass rate per check."""
         with self._lock:

@@ -22,5 +22,6 @@ async def healthz() -> dict[str, str]:
                                   "style and platform from every replica's feedback")
 async def stats(ingress: Ingress) -> dict[str, Any]:
     summary = ingress.telemetry.summary()
+    summary["replica"] = ingress.location()
     summary["feedback"] = await asyncio.to_thread(ingress.billing.feedback.rates)
     return summary
