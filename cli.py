@@ -29,7 +29,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from avatar.job import PhotoInput
     from avatar.flow.local import LocalPipeline
     payload = {"image": "", "platform": args.platform, "resolution": args.resolution}
-    for key in ("style", "palette", "background", "style_intensity"):
+    for key in ("style", "palette", "background", "style_intensity", "shape", "border_color", "border_width"):
         if getattr(args, key) is not None:
             payload[key] = getattr(args, key)
     req = parse_request(GenerateRequest, payload)
@@ -226,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--background")
     gen.add_argument("--resolution", choices=("standard", "high"), default="standard")
     gen.add_argument("--style-intensity", dest="style_intensity", type=float)
+    gen.add_argument("--shape", choices=("square", "circle", "rounded"))
+    gen.add_argument("--border-color", dest="border_color", help="#RGB or #RRGGBB")
+    gen.add_argument("--border-width", dest="border_width", type=int, help="pixels of an 800 px avatar")
     gen.set_defaults(func=_cmd_generate)
 
     models = sub.add_parser("models", help="model files: fetch into the cache, or list")

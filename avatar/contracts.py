@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from avatar.engines.template import MAX_BORDER_WIDTH, SHAPES, OutputTemplate, parse_colour
 from avatar.errors import InvalidRequest
 from avatar.catalog.backgrounds import BACKGROUNDS
 from avatar.catalog.palettes import PALETTES
@@ -15,6 +16,9 @@ from avatar.catalog.platforms import BUILTIN_STYLES, PLATFORMS, RESOLUTIONS
 from avatar.catalog.styles import CUSTOM_INTENSITY as DEFAULT_CUSTOM_INTENSITY, DEFAULT_INTENSITY
 
 API_VERSION = "v1"
+
+TRANSPARENT = "transparent"       # no generated background: an RGBA PNG with the person's matte
+BACKGROUND_CHOICES: tuple[str, ...] = (*BACKGROUNDS, TRANSPARENT)
 
 # Custom style tokens as issued by the training service: `sty_` followed by 8-64 url-safe characters.
 STYLE_TOKEN_RE = re.compile(r"^sty_[A-Za-z0-9_-]{8,64}$")
@@ -37,15 +41,42 @@ class GenerateRequest(BaseModel):
                                                 "defaults to the platform's style.")
     platform: str = Field("generic", description="Target platform: sets resolution, framing and default style.")
     palette: str | None = Field(None, description=f"Colour palette override: {', '.join(PALETTES)}.")
-    background: str | None = Field(None, description=f"Background override: {', '.join(BACKGROUNDS)}.")
+    background: str | None = Field(None, description=f"Background override: {', '.join(BACKGROUNDS)}; or "
+                                                     "transparent (an RGBA PNG with the person's alpha matte).")
     resolution: Literal["standard", "high"] = Field("standard", description="standard: 800x800, high: 1200x1200.")
     style_intensity: float | None = Field(None, ge=0.0, le=1.0, description="0..1; default per style.")
     external_id: str | None = Field(None, min_length=1, max_length=200, description="The caller's id of the person "
                                     "(e.g. employee id): on a team plan, one seat covers its avatars for a period.")
+    shape: str = Field("square", description="square, circle or rounded (a rounded square); outside the shape the "
+                                             "PNG is transparent. The thumbnail follows the same template.")
+    border_color: str | None = Field(None, description="Border colour, #RGB or #RRGGBB (default white when "
+                                                       "border_width is given).")
+    border_width: int | None = Field(None, ge=0, le=MAX_BORDER_WIDTH,
+                                     description="Border width in pixels of an 800 px avatar (scaled with the size; "
+                                                 "default 8 when border_color is given).")
 
     _platform = field_validator("platform")(lambda cls, v: _known("platform", v, sorted(PLATFORMS)))
     _palette = field_validator("palette")(lambda cls, v: _known("palette", v, PALETTES))
-    _background = field_validator("background")(lambda cls, v: _known("background", v, BACKGROUNDS))
+    _background = field_validator("background")(lambda cls, v: _known("background", v, BACKGROUND_CHOICES))
+    _shape = field_validator("shape")(lambda cls, v: _known("shape", v, SHAPES))
+
+    @field_validator("border_color")
+    @classmethod
+    def _border_color(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_colour(value)
+            except ValueError as exc:
+                raise PydanticCustomError("invalid_border_color", "border_color '{value}': {reason}",
+                                          {"value": value[:40], "reason": str(exc)}) from None
+        return value
+
+    @field_validator("border_width", mode="before")
+    @classmethod
+    def _border_width(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise PydanticCustomError("invalid_border_width", "border_width must be a whole number of pixels")
+        return value
 
     @field_validator("style")
     @classmethod
@@ -73,6 +104,13 @@ class GenerateRequest(BaseModel):
     @property
     def size(self) -> int:
         return PLATFORMS[self.platform].size_for(self.resolution)
+
+    @property
+    def template(self) -> OutputTemplate:
+        """Shape, border and transparency of the delivered PNG and its thumbnail."""
+        width = self.border_width if self.border_width is not None else (8 if self.border_color else 0)
+        colour = parse_colour(self.border_color) if self.border_color else None
+        return OutputTemplate(self.shape, colour, width, self.background == TRANSPARENT)
 
 
 def _known(name: str, value: str | None, allowed) -> str | None:
@@ -198,6 +236,13 @@ class HeadAngle(BaseModel):
     roll: float
 
 
+class FaceFound(BaseModel):
+    box: tuple[float, float, float, float] = Field(description="x0, y0, x1, y1 in pixels of the uploaded photo.")
+    score: float = Field(description="Detector confidence.")
+    coverage: float = Field(description="Box width over the photo's shorter side.")
+    dominant: bool = Field(description="The face generate would use (largest, most central).")
+
+
 class CheckResponse(BaseModel):
     """Answer of `POST /v1/avatar/check`: what generate would see in this photo; nothing generated or charged."""
 
@@ -213,6 +258,7 @@ class CheckResponse(BaseModel):
     height: int
     platform: str
     request_id: str
+    faces: list[FaceFound] = Field(default_factory=list, description="Every face found, dominant first.")
     input_id: str | None = _omitted_when_none("Set when cache_input was asked.")
     input_expires_at: str | None = _omitted_when_none("When input_id expires.")
 

@@ -3,13 +3,20 @@
 Platforms decide from the result whether to auto-accept, review or fall back, and pay only for outputs that pass, so
 each check is measured, reported with its value, and documented (docs/likeness.md):
 
-- face_present: the face detector finds a face overlapping `expected_box` (IoU >= 0.4; where the aligned geometry
-  put the face). Stylised outputs (anime) can defeat a photo detector, so for styles that are not photo-real (the catalogue's flag) the
+- face_present: the face detector finds a face where the aligned geometry put it: the bounding box of the found
+  face's 468-point mesh overlaps `expected_box` (the same kind of box, from the input's mesh) by IoU >= 0.6
+  (measured on avatars of three photos, three styles, two framings and two intensities: 0.89-0.99; a face scrambled
+  into 4x4 blocks that the detector still fired on: 0.46). A detection without a mesh falls back to its own box
+  (IoU >= 0.4; detector boxes are tighter than mesh boxes: 0.70-0.90 on the same avatars). Stylised outputs (anime)
+  can defeat a photo detector, so for styles that are not photo-real (the catalogue's flag) the
   gate also accepts the face when its structure survived: the edge map of the output's face region correlates
   >= 0.5 with the unstyled aligned face's (measured: styles at full intensity 0.70-0.99; heavy blur 0.43; scrambled
   face blocks 0.05; another person's face 0.14). Without a reference crop the fallback is dlib's own accept line.
 - likeness: calibrated likeness (avatar.vision.calibration) of the output's face vs the input's, at least the platform's
   minimum (tier default: professional 0.85, social 0.75, gaming 0.60; per-platform overrides).
+- background (when the flow passes the input crop and its matte): old background still visible in the output covers
+  at most `max_background_remnant` of the frame (0.3 %; `avatar.vision.remnant`). A failure asks the retry for a
+  stricter matte.
 - content_safety: open_nsfw P(nsfw) below `nsfw_threshold` (0.2: Yahoo's guidance reads < 0.2 as safe; portraits
   score 0.002-0.03, so the margin is wide, and a false pass costs far more on a profile picture than a retry).
 """
@@ -30,6 +37,7 @@ from avatar.catalog.styles import is_photoreal
 from avatar.types import Box, DetectedFace, Warning
 
 DETECTOR_MIN_IOU = 0.4
+MESH_MIN_IOU = 0.6
 STRUCTURE_MIN_CORR = 0.5
 NO_REFERENCE_MIN_LIKENESS = 0.6   # dlib's accept line: without a reference crop, identity evidence stands in
 _EDGE_SIDE = 96
@@ -63,6 +71,7 @@ class GateConfig(BaseModel):
     max_retries: int = Field(2, ge=0, le=5)
     retry_intensity_factor: float = Field(0.6, gt=0, le=1)
     min_intensity: float = Field(0.1, ge=0, le=1)
+    max_background_remnant: float = Field(0.003, ge=0, le=1)
 
     def likeness_min(self, platform: str) -> float:
         """The platform's override, else its tier default (unknown platforms get the strictest tier)."""
@@ -81,6 +90,15 @@ class IdentityRef:
 
 
 @dataclass
+class BackgroundRef:
+    """What the background check compares: the unstyled aligned crop, the matte used, the landmarks (crop pixels)."""
+
+    aligned: np.ndarray
+    alpha: np.ndarray
+    landmarks: np.ndarray | None = None
+
+
+@dataclass
 class GateResult:
     passed: bool
     checks: dict[str, bool]
@@ -92,6 +110,7 @@ class GateResult:
     needs_review: bool = False
     face_source: str = "none"          # "detector", "structure", "identity" or "none"
     likeness_min: float = 0.0
+    background_remnant: float = 0.0    # share of the frame still showing old background (0 when not measured)
 
 
 @dataclass
@@ -99,6 +118,7 @@ class RetryPlan:
     attempt: int                       # number of the attempt this plan makes (1 = first try)
     intensity: float
     safer_background: bool = False
+    stricter_mask: bool = False        # old background showed: matte the next attempt more strictly
 
 
 class QualityGate:
@@ -118,7 +138,7 @@ class QualityGate:
                 close()
 
     def evaluate(self, output_rgb: np.ndarray, expected_box: Box, identity_ref: IdentityRef | np.ndarray | None,
-                 platform: str, style: str) -> GateResult:
+                 platform: str, style: str, background: "BackgroundRef | None" = None) -> GateResult:
         ref = identity_ref if isinstance(identity_ref, IdentityRef) else IdentityRef(identity_ref)
         likeness = self._likeness(output_rgb, expected_box, ref)
         source, face_score = self._face(output_rgb, expected_box, ref, style, likeness)
@@ -126,7 +146,17 @@ class QualityGate:
         minimum = self.config.likeness_min(platform)
         checks = {"face_present": source != "none", "likeness": likeness >= minimum,
                   "content_safety": nsfw < self.config.nsfw_threshold}
-        return self._result(checks, likeness, nsfw, face_score, source, minimum, style)
+        remnant = 0.0
+        if background is not None:
+            from avatar.vision.remnant import measure
+            remnant = measure(background.aligned, background.alpha, output_rgb, background.landmarks).share
+            checks["background"] = remnant <= self.config.max_background_remnant
+        result = self._result(checks, likeness, nsfw, face_score, source, minimum, style)
+        result.background_remnant = round(remnant, 5)
+        if not checks.get("background", True):
+            result.warnings.append(Warning("old_background_visible", f"{remnant:.1%} of the frame still shows the "
+                                                                     "photo's original background"))
+        return result
 
     def _likeness(self, rgb: np.ndarray, box: Box, ref: IdentityRef) -> float:
         if ref.embedding is None:
@@ -137,7 +167,7 @@ class QualityGate:
     def _face(self, rgb: np.ndarray, box: Box, ref: IdentityRef, style: str, likeness: float) -> tuple[str, float]:
         """(how the face was confirmed, its score): detector first, then the stylised-output fallback."""
         if self.analyzer is not None:
-            hits = [f for f in self.analyzer.detect(rgb) if box_iou(f.box, box) >= DETECTOR_MIN_IOU]
+            hits = [f for f in self.analyzer.detect(rgb) if _where_expected(f, box)]
             if hits:
                 return "detector", float(max(f.score for f in hits))
             if is_photoreal(style):
@@ -177,7 +207,8 @@ def plan_retry(attempt: int, intensity: float, result: GateResult, config: GateC
     """The next attempt after a failed one (`attempt` counts from 1), or None when it passed or retries are spent.
 
     Face or likeness failures lower the style intensity (strong styles are what costs likeness); a content-safety
-    failure alone keeps the intensity and asks for a plain, safer background instead.
+    failure alone keeps the intensity and asks for a plain, safer background instead; old background still showing
+    asks for a stricter matte.
     """
     if result.passed or attempt > config.max_retries:
         return None
@@ -185,20 +216,30 @@ def plan_retry(attempt: int, intensity: float, result: GateResult, config: GateC
     unsafe = not result.checks.get("content_safety", True)
     if identity_failed:
         intensity = max(config.min_intensity, intensity * config.retry_intensity_factor)
-    return RetryPlan(attempt=attempt + 1, intensity=round(intensity, 4), safer_background=unsafe)
+    return RetryPlan(attempt=attempt + 1, intensity=round(intensity, 4), safer_background=unsafe,
+                     stricter_mask=not result.checks.get("background", True))
 
 
 def pick_best(results: Sequence[GateResult]) -> int:
-    """Index of the attempt to return: a passing one if any, else safe over unsafe, face over none, then likeness."""
+    """Index of the attempt to return: a passing one if any, else safe over unsafe, face over none, then likeness,
+    then the least old background."""
     if not results:
         raise ValueError("pick_best needs at least one result")
 
     def rank(i: int) -> tuple:
         r = results[i]
         return (r.passed, r.checks.get("content_safety", False), r.checks.get("face_present", False),
-                r.likeness, -r.nsfw, -i)
+                r.checks.get("background", True), r.likeness, -r.background_remnant, -r.nsfw, -i)
 
     return max(range(len(results)), key=rank)
+
+
+def _where_expected(face: DetectedFace, box: Box) -> bool:
+    """The found face lies where the expected one is: mesh box against mesh box, else detector box."""
+    if face.landmarks is not None and len(face.landmarks):
+        mesh = np.asarray(face.landmarks, np.float64)[:, :2]
+        return box_iou((*mesh.min(axis=0), *mesh.max(axis=0)), box) >= MESH_MIN_IOU
+    return box_iou(face.box, box) >= DETECTOR_MIN_IOU
 
 
 def box_iou(a: Box, b: Box) -> float:

@@ -55,7 +55,9 @@ class AvatarJob:
     work_size: int = 0                      # side of the aligned crop
     landmarks: np.ndarray | None = None     # (468, 2) in aligned-crop pixels
     face_box: Box | None = None             # face box in aligned-crop pixels
-    mask: Pixels | None = None              # person mask of the aligned crop (8-bit)
+    mask: Pixels | None = None              # person matte (alpha) of the aligned crop (8-bit)
+    matte_level: int = 0                    # matting strictness of this attempt (raised when old background shows)
+    template: Any = None                    # avatar.engines.template.OutputTemplate: shape, border, transparency
     styled: Pixels | None = None
     composed: Pixels | None = None
     output: Pixels | None = None            # final image at `size`
@@ -83,7 +85,7 @@ class AvatarJob:
         """A copy that renders `attempt` (an `avatar.flow.attempts.Attempt`); the analysed input is shared, not
         changed, so every attempt starts from the same face."""
         return replace(self, attempt=attempt.number, intensity=attempt.intensity, background=attempt.background,
-                       palette=attempt.palette, warnings=list(self.warnings), timings=dict(self.timings),
+                       palette=attempt.palette, matte_level=getattr(attempt, "matte_level", 0), warnings=list(self.warnings), timings=dict(self.timings),
                        versions=dict(self.versions), mask=None, styled=None, composed=None, output=None)
 
     def warn(self, code: str, message: str) -> None:

@@ -21,6 +21,18 @@ def test_generate_writes_the_avatar(tmp_path, astronaut, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["avatar.png", "me.jpg"]   # nothing else left behind
 
 
+def test_generate_a_transparent_circle(tmp_path, astronaut, capsys):
+    photo = tmp_path / "me.png"
+    Image.fromarray(astronaut).save(photo)
+    out = tmp_path / "avatar.png"
+    assert main(["generate", str(photo), "--background", "transparent", "--shape", "circle", "--border-color", "#0a0",
+                 "-o", str(out)]) == 0
+    image = Image.open(out)
+    assert image.mode == "RGBA" and image.getpixel((0, 0))[3] == 0 and image.getpixel((400, 400))[3] == 255
+    assert main(["generate", str(photo), "--border-color", "green", "-o", str(out)]) == 2
+    assert json.loads(capsys.readouterr().err)["error"]["field"] == "border_color"
+
+
 def test_generate_reports_bad_input_as_json(tmp_path, capsys):
     bad = tmp_path / "note.txt"
     bad.write_text("not a photo")

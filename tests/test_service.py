@@ -197,6 +197,9 @@ def test_two_faces_use_the_larger_one_and_warn(service, astronaut):
     report = service.post("/v1/avatar/check", json={"image": image}).json()
     assert report["face_count"] == 2 and report["accepted"]
     assert "multiple_faces" in {w["code"] for w in report["validation_warnings"]}
+    faces = report["faces"]                            # the dominant (larger) face first, boxes in photo pixels
+    assert [f["dominant"] for f in faces] == [True, False] and faces[0]["coverage"] > faces[1]["coverage"]
+    assert all(len(f["box"]) == 4 and 0 <= f["box"][0] < f["box"][2] for f in faces)
     body = service.post("/v1/avatar/generate", json={"image": image, "platform": "slack"}).json()
     assert body["face_count"] == 2 and "multiple_faces" in {w["code"] for w in body["validation_warnings"]}
     # coverage is measured on the face used: ~0.18 for the 600 px copy, ~0.09 for the 300 px one

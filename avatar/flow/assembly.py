@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from avatar.flow.names import Stage
 from avatar.gate import GateConfig
+from avatar.vision.matting import MattingConfig
 from avatar.settings import settings
 
 
@@ -78,6 +79,7 @@ class StyleApplyConfig(StageConfig):
 class BgGenerateConfig(ModelSources):
     engine: EngineChoice = EngineChoice()
     batch: BatchConfig = BatchConfig()
+    matting: MattingConfig = MattingConfig()
 
 
 class DetailEnhanceConfig(ModelSources):
@@ -130,9 +132,9 @@ def style_apply_stage(cfg: StyleApplyConfig):
 def bg_generate_stage(cfg: BgGenerateConfig):
     from avatar.engines.registry import create_background_engine
     from avatar.flow.stages import BgGenerateStage
-    from avatar.vision.segmentation import PersonSegmenter
-    segmenter = PersonSegmenter.load(cfg.models.get("person_segmenter"))
-    return BgGenerateStage(segmenter, create_background_engine(cfg.engine.name, cfg.engine.options))
+    from avatar.vision.matting import PersonMatter
+    matter = PersonMatter.load(cfg.models.get("person_segmenter"), cfg.matting)
+    return BgGenerateStage(matter, create_background_engine(cfg.engine.name, cfg.engine.options))
 
 
 def detail_enhance_stage(cfg: DetailEnhanceConfig):
@@ -149,7 +151,8 @@ def quality_gate_stage(cfg: QualityGateConfig):
     from avatar.vision.safety import SafetyClassifier
     gate = QualityGate(IdentityModel.load(cfg.models.get("identity_encoder"), cfg.models.get("identity_shape")),
                        SafetyClassifier.load(cfg.models.get("safety_classifier")),
-                       FaceAnalyzer.load(cfg.models.get("face_detector"), cfg.models.get("face_landmarks")),
+                       FaceAnalyzer.load(cfg.models.get("face_detector"), cfg.models.get("face_landmarks"),
+                                         tiled=False),   # one large face, where expected: tiles add only noise
                        cfg.gate)
     return QualityGateStage(gate)
 

@@ -24,20 +24,23 @@ class Attempt:
     intensity: float
     background: str | None = None
     palette: str | None = None
+    matte_level: int = 0            # matting strictness (avatar.vision.mask_checks.STRICTNESS)
 
     @classmethod
     def first(cls, job: "AvatarJob") -> "Attempt":
-        return cls(1, job.intensity, job.background, job.palette)
+        return cls(1, job.intensity, job.background, job.palette, job.matte_level)
 
     def after(self, plan: "RetryPlan", platform: str, style: str, token: dict | None) -> "Attempt":
-        """The next attempt: the plan's intensity, and a calm studio background when safety failed."""
+        """The next attempt: the plan's intensity, a calm studio background when safety failed, a stricter matte
+        when old background showed (a transparent background stays transparent)."""
         background, palette = self.background, self.palette
-        if plan.safer_background:
+        level = self.matte_level + 1 if getattr(plan, "stricter_mask", False) else self.matte_level
+        if plan.safer_background and background != "transparent":
             from avatar.engines.cpu_background import safer_background
             from avatar.types import StyleSpec
             calm = safer_background(StyleSpec(style, plan.intensity, palette, background, token, platform))
             background, palette = calm.background, calm.palette
-        return Attempt(plan.attempt, plan.intensity, background, palette)
+        return Attempt(plan.attempt, plan.intensity, background, palette, level)
 
 
 @dataclass

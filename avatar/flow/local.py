@@ -47,5 +47,5 @@ class LocalPipeline:
     def generate(self, request: GenerateRequest, source: PhotoInput) -> AvatarJob:
         job = AvatarJob(request_id=AvatarJob.new_request_id(), style=request.resolved_style,
                         platform=request.platform, size=request.size, intensity=request.resolved_intensity,
-                        palette=request.palette, background=request.background)
+                        palette=request.palette, background=request.background, template=request.template)
         return asyncio.run(orchestrator.generate(job, source, self._call, self.gate))

@@ -18,6 +18,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from avatar import __version__
 from avatar.catalog.platforms import PLATFORMS
+from avatar.contracts import TRANSPARENT
 from avatar.errors import InvalidRequest, NoFaceDetected
 from avatar.flow.attempts import Attempt, Outcome, Verdict
 from avatar.flow.names import Stage
@@ -25,6 +26,7 @@ from avatar.job import AvatarJob, PhotoInput
 from avatar.store.fetch import FetchPolicy, fetch_image
 from avatar.store.storage import Storage
 from avatar.vision.imageio import DecodeLimits, Pixels, decode_photo, decode_trusted, encode_jpeg, encode_lossless
+from avatar.vision.matting import PersonLayer, alpha_at, fill_hidden, over_grey, person_layer
 
 
 @contextmanager
@@ -109,6 +111,7 @@ class FaceDetectStage:
 
     def check(self, job: AvatarJob) -> dict:
         """The pre-flight report of `POST /v1/avatar/check`: what generate would see, without generating."""
+        from avatar.vision.face.analyzer import describe
         with timed(job, "check"):
             rgb = job.photo.array()
             faces, report = self.inspect(rgb)
@@ -127,7 +130,8 @@ class FaceDetectStage:
                 if face else None,
                 "input_quality_score": round(float(report.score), 4), "validation_warnings": warnings,
                 "accepted": bool(face) and coverage >= self.min_coverage,
-                "width": job.photo_size[0], "height": job.photo_size[1], **job.input_fields()}
+                "width": job.photo_size[0], "height": job.photo_size[1], **job.input_fields(),
+                "faces": describe(faces, rgb.shape, job.photo_size)}
 
     def run(self, job: AvatarJob) -> AvatarJob:
         from avatar.vision.face.align import align_face
@@ -220,28 +224,30 @@ class BgGenerateStage:
 
     def run(self, job: AvatarJob) -> AvatarJob:
         with timed(job, self.name):
-            self._ensure_mask(job)
-            out = self.engine.render(job.styled.array(), job.mask.mask(), job.landmarks, job.spec())
-            self._finish(job, out)
+            layer = self._layer(job)
+            self._finish(job, fill_hidden(layer.rgb, layer.alpha) if job.background == TRANSPARENT
+                         else self.engine.render(layer.rgb, layer.alpha, job.landmarks, job.spec()))
         return job
 
     def run_batch(self, jobs: list[AvatarJob]) -> list[AvatarJob]:
         """Many jobs in one engine call (`render_batch`); engines without it render them one by one."""
         render_batch = getattr(self.engine, "render_batch", None)
-        if render_batch is None or not jobs:
+        if render_batch is None or not jobs or any(j.background == TRANSPARENT for j in jobs):
             return [self.run(job) for job in jobs]
         with timed(jobs, self.name):
-            for job in jobs:
-                self._ensure_mask(job)
-            out = render_batch([j.styled.array() for j in jobs], [j.mask.mask() for j in jobs],
+            layers = [self._layer(job) for job in jobs]
+            out = render_batch([x.rgb for x in layers], [x.alpha for x in layers],
                                [j.landmarks for j in jobs], [j.spec() for j in jobs])
             for job, image in zip(jobs, out):
                 self._finish(job, image)
         return jobs
 
-    def _ensure_mask(self, job: AvatarJob) -> None:
-        if job.mask is None:
-            job.mask = Pixels.of_mask(self.segmenter.mask(job.aligned.array()))
+    def _layer(self, job: AvatarJob) -> PersonLayer:
+        """The matted person of this attempt (`avatar.vision.matting`); its alpha travels on as `job.mask`."""
+        layer = person_layer(self.segmenter, job.aligned.array(), job.styled.array(), job.landmarks,
+                             job.matte_level)
+        job.mask = Pixels.of_mask(layer.alpha)
+        return layer
 
     def _finish(self, job: AvatarJob, composed: np.ndarray) -> None:
         job.composed, job.styled = Pixels.of(composed), None
@@ -280,12 +286,17 @@ class QualityGateStage:
         self.gate = gate
 
     def run(self, job: AvatarJob) -> Verdict:
-        from avatar.gate import IdentityRef, plan_retry
+        from avatar.gate import BackgroundRef, IdentityRef, plan_retry
         with timed(job, self.name):
-            ref = IdentityRef(job.identity_ref, aligned=job.aligned.array())
-            result = self.gate.evaluate(job.output.array(), job.output_face_box(), ref, job.platform, job.style)
+            aligned = job.aligned.array()
+            ref = IdentityRef(job.identity_ref, aligned=aligned)
+            output, alpha = job.output.array(), job.mask.mask() if job.mask is not None else None
+            if job.background == TRANSPARENT and alpha is not None:   # checked as seen: on a neutral backdrop
+                output = over_grey(output, alpha_at(alpha, output.shape[0]))
+            background = BackgroundRef(aligned, alpha, job.landmarks) if alpha is not None else None
+            result = self.gate.evaluate(output, job.output_face_box(), ref, job.platform, job.style, background)
             retry = plan_retry(job.attempt, job.intensity, result, self.gate.config)
-        attempt = Attempt(job.attempt, job.intensity, job.background, job.palette)
+        attempt = Attempt(job.attempt, job.intensity, job.background, job.palette, job.matte_level)
         return Verdict(attempt, result, retry, dict(job.timings))
 
 
@@ -318,7 +329,10 @@ class SaveAvatarStage:
         else:
             job.billable = True
         with timed(job, self.name):
-            image = Image.fromarray(job.output.array())
+            from avatar.engines.template import frame
+            full, small = frame(job.output.array(), job.mask.mask() if job.mask is not None else None,
+                                job.template, self.thumbnail_size)
+            image = Image.fromarray(full)
             info = PngInfo()
             for key, value in self.metadata(job).items():
                 info.add_text(key, value)
@@ -326,8 +340,7 @@ class SaveAvatarStage:
             job.avatar_key = f"avatars/{day}/{job.request_id}.png"
             job.thumbnail_key = f"avatars/{day}/{job.request_id}_thumb.png"
             self.storage.put(job.avatar_key, _png(image, info, self.compress_level))
-            thumb = image.resize((self.thumbnail_size, self.thumbnail_size), Image.Resampling.LANCZOS)
-            self.storage.put(job.thumbnail_key, _png(thumb, info, self.compress_level))
+            self.storage.put(job.thumbnail_key, _png(Image.fromarray(small), info, self.compress_level))
             job.styled = job.composed = job.aligned = job.mask = job.output = None   # keep the reply small
             job.identity_ref = job.landmarks = None
         return job

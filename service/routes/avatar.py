@@ -32,7 +32,8 @@ async def generate(request: Request, ingress: Ingress, account: Account) -> Gene
     payload, upload = await read_photo_payload(request, ingress.config.max_body_bytes)
     req: GenerateRequest = parse_request(GenerateRequest, payload)
     job = AvatarJob(request_id=AvatarJob.new_request_id(), style=req.resolved_style, platform=req.platform,
-                    size=req.size, intensity=req.resolved_intensity, palette=req.palette, background=req.background)
+                    size=req.size, intensity=req.resolved_intensity, palette=req.palette, background=req.background,
+                    template=req.template)
     await ingress.auth.authorize_style(account, job)   # a custom token must be the account's own
     charge = await ingress.billing.hold(request, account, job, req.external_id)   # 402 here, before any work
     timeout = ingress.config.request_timeout_s

@@ -56,14 +56,15 @@ class FaceAnalyzer:
 
     @classmethod
     def load(cls, detector_path: str | None = None, landmarks_path: str | None = None, *,
-             full_range_path: str | None = None) -> "FaceAnalyzer":
+             full_range_path: str | None = None, tiled: bool = True) -> "FaceAnalyzer":
         """Models from the given paths, else from the model cache (`avatar.store.models.resolve`).
 
         The full-range detector is optional: without it, only faces the short-range model finds are reported.
+        `tiled=False` skips the tile pass (small faces): for confirming one large face where it is expected.
         """
         from avatar.store.models import resolve
         detector = FaceDetector(detector_path or str(resolve("face_detector")),
-                                full_range_path or _optional_full_range())
+                                full_range_path or _optional_full_range(), tiled=tiled)
         return cls(detector, LandmarkModel(landmarks_path or str(resolve("face_landmarks"))))
 
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
@@ -91,3 +92,14 @@ class FaceAnalyzer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def describe(faces: list[DetectedFace], shape: tuple[int, ...], photo_size: tuple[int, int]) -> list[dict]:
+    """The faces (dominant first) as the check response lists them: boxes in pixels of the uploaded photo (`faces`
+    were found on a copy of `shape`, possibly downscaled from `photo_size` = (width, height))."""
+    height, width = shape[:2]
+    scale = photo_size[0] / float(width) if photo_size[0] else 1.0
+    short = min(width, height)
+    return [{"box": tuple(round(v * scale, 1) for v in f.box), "score": round(float(f.score), 4),
+             "coverage": round((f.box[2] - f.box[0]) / float(short), 4), "dominant": i == 0}
+            for i, f in enumerate(faces)]
