@@ -1,5 +1,9 @@
 """Writes k8s/rayservice.yaml with serve_config.yaml embedded as serveConfigV2, so the two never drift.
 
+Every Ray pod (head and workers) takes the same environment from one ConfigMap (`avatar-config`: where state lives)
+and one Secret (`avatar-shared`: database URL, object-store credentials, URL-signing key, API-key pepper), both in
+k8s/shared-state.yaml: no pod keeps state of its own, so any replica on any node answers for every account.
+
 Usage: python k8s/render.py [--image avatar-service:0.1.0]
 """
 
@@ -35,15 +39,13 @@ spec:
               resources:
                 limits: {{cpu: "4", memory: 8Gi}}
                 requests: {{cpu: "2", memory: 8Gi}}
-              env:
-                - {{name: AVATAR_STORAGE_URI, value: "s3://avatars-prod/outputs"}}
-                - {{name: AVATAR_PUBLIC_URL, value: "https://avatars.example.com"}}
-                - name: AVATAR_SIGNING_SECRET
-                  valueFrom: {{secretKeyRef: {{name: avatar-signing, key: secret}}}}
+{head_env}
+              volumeMounts: [{{name: scratch, mountPath: /tmp/avatar}}]
               ports:
                 - {{containerPort: 6379, name: gcs}}
                 - {{containerPort: 8265, name: dashboard}}
                 - {{containerPort: 8000, name: serve}}
+          volumes: [{{name: scratch, emptyDir: {{}}}}]   # caches only (token copies); lost with the pod, by design
     workerGroupSpecs:
       - groupName: gpu-workers
         replicas: 1
@@ -58,8 +60,9 @@ spec:
                 resources:
                   limits: {{cpu: "8", memory: 32Gi, nvidia.com/gpu: "1"}}
                   requests: {{cpu: "8", memory: 32Gi, nvidia.com/gpu: "1"}}
-                env:
 {worker_env}
+                volumeMounts: [{{name: scratch, mountPath: /tmp/avatar}}]
+            volumes: [{{name: scratch, emptyDir: {{}}}}]
             tolerations:
               - {{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}}
       - groupName: cpu-workers
@@ -75,21 +78,30 @@ spec:
                 resources:
                   limits: {{cpu: "8", memory: 16Gi}}
                   requests: {{cpu: "8", memory: 16Gi}}
-                env:
 {worker_env}
+                volumeMounts: [{{name: scratch, mountPath: /tmp/avatar}}]
+            volumes: [{{name: scratch, emptyDir: {{}}}}]
 """
 
-# Environment of every worker pod: where outputs go and the key that signs their URLs.
-WORKER_ENV = """\
-                  - {name: AVATAR_STORAGE_URI, value: "s3://avatars-prod/outputs"}
-                  - name: AVATAR_SIGNING_SECRET
-                    valueFrom: {secretKeyRef: {name: avatar-signing, key: secret}}"""
+# Environment of every Ray pod, head and workers alike: shared state from the ConfigMap and the Secret, and a scratch
+# data directory (AVATAR_DATA_DIR) for caches only.
+POD_ENV = """\
+envFrom:
+  - {configMapRef: {name: avatar-config}}
+  - {secretRef: {name: avatar-shared}}
+env:
+  - {name: AVATAR_DATA_DIR, value: /tmp/avatar}"""
+
+
+def _indent(text: str, spaces: int) -> str:
+    return "\n".join(" " * spaces + line for line in text.splitlines())
 
 
 def render(image: str = "avatar-service:0.1.0") -> str:
     config = (ROOT / "serve_config.yaml").read_text()
     body = "\n".join(("    " + line) if line.strip() else "" for line in config.splitlines())
-    return TEMPLATE.format(serve_config=body, image=image, worker_env=WORKER_ENV)
+    return TEMPLATE.format(serve_config=body, image=image, head_env=_indent(POD_ENV, 14),
+                           worker_env=_indent(POD_ENV, 16))
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,47 @@ def test_a_replica_refuses_an_invalid_user_config_at_start_up():
     from service.replicas import StyleApply
     with pytest.raises(ConfigError, match=r"StyleApply\.user_config\.batch\.max_batch_size"):
         StyleApply.func_or_class().reconfigure({"batch": {"max_batch_size": 0}})
+
+
+# ------------------------------------------------------------------------------------------ shared state on k8s
+def _pod_containers(manifest: dict) -> tuple[list[dict], list[dict]]:
+    cluster = manifest["spec"].get("rayClusterConfig") or manifest["spec"]["rayClusterSpec"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    return [c for g in groups for c in g["template"]["spec"]["containers"]], [g["template"]["spec"] for g in groups]
+
+
+@pytest.mark.parametrize("name", ["rayservice.yaml", "rayjob-style-training.yaml"])
+def test_every_pod_takes_the_shared_state_and_keeps_none(name):
+    """Head and workers read the same ConfigMap and Secret; no secret is written in the manifest; no pod has a
+    volume that would hold state of its own (only emptyDir scratch)."""
+    containers, specs = _pod_containers(yaml.safe_load((ROOT / "k8s" / name).read_text()))
+    for container in containers:
+        sources = container.get("envFrom", [])
+        assert {"configMapRef": {"name": "avatar-config"}} in sources
+        assert {"secretRef": {"name": "avatar-shared"}} in sources
+        literal = {e["name"] for e in container.get("env", []) if "value" in e}
+        assert not literal & {"AVATAR_DATABASE_URL", "AVATAR_SIGNING_SECRET", "AVATAR_ACCOUNT_PEPPER",
+                              "AWS_SECRET_ACCESS_KEY", "AVATAR_ACCOUNTS_URI"}
+    for spec in specs:
+        for volume in spec.get("volumes", []):
+            assert set(volume) == {"name", "emptyDir"}, volume
+
+
+def test_the_shared_state_manifest_passes_the_start_up_check(monkeypatch, tmp_path):
+    """The ConfigMap and Secret keys, as envFrom gives them to a pod, are a configuration the service starts with:
+    state is shared, and every secret the start-up check asks for is there."""
+    from avatar.settings import settings
+    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "k8s" / "shared-state.yaml").read_text())}
+    variables = {**docs["ConfigMap"]["data"], **docs["Secret"]["stringData"]}
+    for name in list(os.environ):
+        if name.startswith("AVATAR_"):
+            monkeypatch.delenv(name)
+    for key, value in variables.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AVATAR_DATA_DIR", str(tmp_path))
+    env = settings()
+    assert set(env.shared_state) == {"AVATAR_DATABASE_URL", "AVATAR_STORAGE_URI", "AVATAR_USAGE_URI"}
+    env.check_shared_secrets()
+    monkeypatch.delenv("AVATAR_ACCOUNT_PEPPER")
+    with pytest.raises(RuntimeError, match="AVATAR_ACCOUNT_PEPPER"):
+        settings().check_shared_secrets()
