@@ -53,6 +53,8 @@ class AccountsConfig(BaseModel):
     rate_limits: bool = Field(True, description="per-account token buckets in the shared database")
     default_plan: str = "standard"
     plans: dict[str, Plan] = Field(default_factory=_default_plans)
+    keep_requests_days: float = Field(90.0, gt=0, description="how long a delivered avatar takes feedback (its "
+                                                               "record in the database; the usage log keeps billing)")
     anonymous: Plan | None = Field(None, description="rate of calls without an API key, per client address; unset: "
                                                      "not limited (production sets require_api_key instead)")
 

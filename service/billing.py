@@ -148,6 +148,7 @@ class Billing:
                 released = self.ledger.release_stale(self.stale_after_s)
                 if released:
                     log.warning("gave back the credits of %d requests whose replica stopped", released)
+                self.ledger.prune(self.config.keep_requests_days * 86400.0)
             except Exception:  # noqa: BLE001 - retried at the next sweep
                 log.exception("stale hold sweep failed")
         threading.Thread(target=sweep, name="stale-holds", daemon=True).start()

@@ -124,6 +124,22 @@ def test_stale_holds_are_given_back(ledger, account, db):
     assert ledger.release_stale(max_age_s=3600) == 1 and ledger.balance(account) == 5
 
 
+def test_old_settled_requests_are_pruned_with_their_feedback(ledger, account, db):
+    feedback = FeedbackStore(db)
+    for request_id in ("req_old", "req_new", "req_held_old"):
+        ledger.hold(account, request_id, "cartoon", "generic", 0)
+    for request_id in ("req_old", "req_new"):
+        ledger.settle(request_id, billable=True)
+        feedback.record(account, request_id, "declined")
+    with db.transaction() as tx:
+        tx.execute("UPDATE avatars SET created_at=? WHERE request_id IN (?, ?)",
+                   (time.time() - 100 * 86400, "req_old", "req_held_old"))
+    assert ledger.prune(older_than_s=90 * 86400) == 1
+    assert ledger.charge("req_old") is None and ledger.charge("req_new") is not None
+    assert ledger.charge("req_held_old").state == HELD                    # a hold is released, never pruned
+    assert feedback.rates()["by_style"]["cartoon"]["declined"] == 1
+
+
 # ------------------------------------------------------------------------------------------ many writers at once
 def test_parallel_replicas_never_lose_or_double_a_charge(database_url, ledger, account):
     """6 processes charge 40 requests each (every request id sent by two of them, as retries through two replicas)

@@ -155,6 +155,15 @@ class Ledger:
             self.release(request_id)
         return len(rows)
 
+    def prune(self, older_than_s: float) -> int:
+        """Forget settled requests (and their feedback) older than `older_than_s`; balances, grants and seats stay.
+        Returns how many requests were removed. Billing keeps its record in the usage log."""
+        with self.db.transaction() as tx:
+            cutoff = tx.now() - older_than_s
+            tx.execute("DELETE FROM feedback WHERE request_id IN (SELECT request_id FROM avatars "
+                       "WHERE state<>? AND created_at<?)", (HELD, cutoff))
+            return tx.execute("DELETE FROM avatars WHERE state<>? AND created_at<?", (HELD, cutoff)).rowcount
+
     def charge(self, request_id: str) -> Charge | None:
         with self.db.transaction(write=False) as tx:
             try:
