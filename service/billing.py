@@ -97,7 +97,7 @@ class Billing:
         return decision
 
     # ------------------------------------------------------------ credits
-    async def hold(self, request: Request, account: str | None, job: AvatarJob,
+    async def hold(self, request: Request | None, account: str | None, job: AvatarJob,
                    external_id: str | None = None) -> Charge | None:
         """Record the account's request and hold its price (0 when credits are off); 402 when the balance is short.
         Calls without an account are neither recorded nor charged."""
@@ -111,19 +111,20 @@ class Billing:
             charge = await asyncio.to_thread(self.ledger.hold, account, job.request_id, job.style, job.platform,
                                              price, external_id, seat_price, plan.seat_s)
         except InsufficientCredits as exc:
-            request.state.credits = _Refused(int(exc.extra.get("credits_remaining", 0)))
+            if request is not None:
+                request.state.credits = _Refused(int(exc.extra.get("credits_remaining", 0)))
             raise
         self._note(request, charge)
         return charge
 
-    async def settle(self, request: Request, charge: Charge | None, billable: bool) -> Charge | None:
+    async def settle(self, request: Request | None, charge: Charge | None, billable: bool) -> Charge | None:
         if charge is None:
             return None
         charge = await asyncio.to_thread(self.ledger.settle, charge.request_id, billable)
         self._note(request, charge)
         return charge
 
-    async def release(self, request: Request, charge: Charge | None) -> Charge | None:
+    async def release(self, request: Request | None, charge: Charge | None) -> Charge | None:
         if charge is None:
             return None
         try:
@@ -134,8 +135,10 @@ class Billing:
         self._note(request, charge)
         return charge
 
-    def _note(self, request: Request, charge: Charge) -> None:
-        if self.config.credits:
+    def _note(self, request: Request | None, charge: Charge) -> None:
+        """The charge as the answer's headers will show it (`request` is None for work without an HTTP answer:
+        batch items)."""
+        if self.config.credits and request is not None:
             request.state.credits = charge
 
     def _maybe_sweep(self) -> None:
