@@ -140,6 +140,8 @@ def test_too_few_credits_is_a_402_before_any_work(env):
     assert body["credits_required"] == 2 and body["credits_remaining"] == 1
     assert (response.headers["X-Credits-Charged"], response.headers["X-Credits-Remaining"]) == ("0", "1")
     assert pipeline.calls == 0                                         # no stage was started
+    logged = read_usage(ingress.usage_uri, account=account).to_pylist()
+    assert [(r["outcome"], r["credits"], r["billable"]) for r in logged] == [("insufficient_credits", 0, False)]
     assert gen(client, key, style="corporate_headshot").status_code == 200   # a 1-credit style still fits
 
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from avatar.contracts import CheckRequest, CheckResponse, GenerateRequest, GenerateResponse, parse_request
+from avatar.errors import InsufficientCredits
 from avatar.flow import orchestrator
 from avatar.job import AvatarJob, PhotoInput
 from avatar.vision.imageio import b64decode_image
@@ -35,7 +36,11 @@ async def generate(request: Request, ingress: Ingress, account: Account) -> Gene
                     size=req.size, intensity=req.resolved_intensity, palette=req.palette, background=req.background,
                     template=req.template)
     await ingress.auth.authorize_style(account, job)   # a custom token must be the account's own
-    charge = await ingress.billing.hold(request, account, job, req.external_id)   # 402 here, before any work
+    try:
+        charge = await ingress.billing.hold(request, account, job, req.external_id)   # 402 here, before any work
+    except InsufficientCredits as refused:
+        ingress.telemetry.refused(job, refused.code, _ms(started), external_id=req.external_id)
+        raise
     timeout = ingress.config.request_timeout_s
     try:
         done = await asyncio.wait_for(
