@@ -102,36 +102,48 @@ class SqliteDatabase(Database):
         self._memory = self.path == ":memory:"
         self._lock = threading.Lock()
         self._shared: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
         if not self._memory:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
 
     def _connect(self) -> sqlite3.Connection:
+        """This thread's connection, opened once (opening one per transaction cost more than the transaction)."""
         if self._memory:
             if self._shared is None:
                 self._shared = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
             return self._shared
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA foreign_keys=ON")
+        db = getattr(self._local, "db", None)
+        if db is None or getattr(self._local, "pid", None) != os.getpid():
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._local.db, self._local.pid = db, os.getpid()
+            with self._lock:
+                self._connections.append(db)
         return db
 
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[Tx]:
         with self._lock if self._memory else _nothing():
             db = self._connect()
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
-                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                try:
-                    yield Tx(SQLITE, db.cursor())
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-            finally:
-                if not self._memory:
-                    db.close()
+                yield Tx(SQLITE, db.cursor())
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def close(self) -> None:
+        with self._lock:
+            for db in self._connections:
+                try:
+                    db.close()
+                except sqlite3.ProgrammingError:   # another thread's: closed when that thread ends
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
         if self._shared is not None:
             self._shared.close()
             self._shared = None
