@@ -195,6 +195,34 @@ def _cmd_styles_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    """A directory of photos through the Ray Data pipeline (`batch.directory`), on the Ray of `--address` (or of a
+    Ray Job's environment), else on a local Ray of this process."""
+    import dataclasses
+    import os
+
+    import ray
+
+    from batch.directory import BatchOptions, options_check, run
+    options = BatchOptions(style=args.style, platform=args.platform, palette=args.palette,
+                           background=args.background, resolution=args.resolution,
+                           style_intensity=args.style_intensity, match_lighting=not args.no_match_lighting,
+                           actors=args.actors, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size)
+    options_check(options)   # a typo in the team look fails now, before a cluster is touched
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=args.address or None, log_to_driver=False)
+    else:
+        from service.launcher import init_local_ray
+        init_local_ray(num_cpus=args.num_cpus)
+    try:
+        summary = run(args.source, args.out, options, overwrite=args.overwrite, progress=not args.quiet,
+                      limit=args.limit)
+    finally:
+        ray.shutdown()
+    print(json.dumps(dataclasses.asdict(summary), indent=2))
+    return 0
+
+
 def _training_engine(name: str) -> str:
     """`--engine`: a trainer of `training.trainers.TRAINERS`, looked up only when `styles train` is parsed (the
     trainers import torch, which the other commands do not need)."""
@@ -283,6 +311,26 @@ def build_parser() -> argparse.ArgumentParser:
     listing = styles_sub.add_parser("list", help="an account's style tokens and unfinished jobs")
     listing.add_argument("--account", required=True)
     listing.set_defaults(func=_cmd_styles_list)
+    batch = sub.add_parser("batch", help="avatars for a folder or object-store prefix of photos (Ray Data)")
+    batch.add_argument("source", help="local folder, s3://bucket/prefix or gs://bucket/prefix of photos")
+    batch.add_argument("--out", required=True, help="where avatars/, thumbnails/ and results/*.parquet go")
+    batch.add_argument("--style")
+    batch.add_argument("--platform", default="generic")
+    batch.add_argument("--palette")
+    batch.add_argument("--background")
+    batch.add_argument("--resolution", choices=("standard", "high"), default="standard")
+    batch.add_argument("--style-intensity", dest="style_intensity", type=float)
+    batch.add_argument("--no-match-lighting", dest="no_match_lighting", action="store_true",
+                       help="keep each photo's own exposure and white balance")
+    batch.add_argument("--actors", type=int, default=2, help="actor pool size (one model copy each)")
+    batch.add_argument("--cpus-per-actor", dest="cpus_per_actor", type=float, default=1.0)
+    batch.add_argument("--batch-size", dest="batch_size", type=int, default=4)
+    batch.add_argument("--overwrite", action="store_true", help="redo photos whose avatar already exists")
+    batch.add_argument("--limit", type=int, default=None, help="at most this many photos this run")
+    batch.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
+    batch.add_argument("--num-cpus", dest="num_cpus", type=int, default=None, help="local Ray size")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar")
+    batch.set_defaults(func=_cmd_batch)
     return parser
 
 

@@ -39,6 +39,7 @@ class AvatarJob:
     background: str | None = None
     account: str | None = None
     token: dict | None = None              # a loaded custom style token (custom styles only)
+    match_lighting: bool = False           # team batches: the photo's light brought to the batch's (avatar.team)
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     photo: Pixels | None = None             # upright RGB input

@@ -30,6 +30,19 @@ class Settings(BaseSettings):
     secrets_dir: Path | None = Field(None, description="A directory of secret files shared by every node (a mounted "
                                                        "Kubernetes Secret): one file per setting, named like the "
                                                        "variable in lower case, e.g. avatar_signing_secret.")
+    jobs_uri: str = Field("", description="Job store of asynchronous generations and batches, e.g. sqlite:////abs/path "
+                                          "(default sqlite in <data_dir>/jobs.sqlite3).")
+    job_ttl_s: int = Field(24 * 3600, gt=0, description="How long a finished job, its outputs and idempotency "
+                                                        "records are kept.")
+    webhook_allow_private: bool = Field(False, description="Let webhook_url reach loopback and private addresses "
+                                                           "(tests and development only).")
+    webhook_retry_window_s: float = Field(24 * 3600, gt=0, description="How long a failing webhook delivery is "
+                                                                       "retried (exponential backoff).")
+    webhook_retry_base_s: float = Field(5.0, gt=0, description="First retry delay; each next one doubles.")
+    webhook_retry_max_s: float = Field(3600.0, gt=0, description="Longest delay between two attempts.")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Deadline of one webhook request.")
+    webhook_secret_grace_s: float = Field(24 * 3600, ge=0, description="After a rotation, the old secret keeps "
+                                                                       "signing beside the new one this long.")
     public_url: str = Field("", description="Base of signed URLs, e.g. https://avatars.example.com.")
     url_ttl_s: int = Field(24 * 3600, gt=0, description="Lifetime of signed output URLs.")
     signing_secret: SecretStr | None = Field(None, description="HMAC key of signed URLs (default on one node only: "
@@ -87,6 +100,10 @@ class Settings(BaseSettings):
             if "://" in uri and not uri.startswith("file://"):
                 shared.append(name)
         return shared
+
+    @property
+    def resolved_jobs_uri(self) -> str:
+        return self.jobs_uri or f"sqlite:///{self.data_path / 'jobs.sqlite3'}"
 
     @property
     def resolved_models_dir(self) -> Path:

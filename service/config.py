@@ -15,6 +15,7 @@ from avatar.flow.assembly import ConfigError, describe_invalid, stage_config
 from avatar.flow.names import Stage
 
 INGRESS = "AvatarIngress"
+RUNNER = "JobRunner"
 
 
 class StylesConfig(BaseModel):
@@ -26,6 +27,38 @@ class StylesConfig(BaseModel):
     max_upload_bytes: int = Field(200 * 2**20, gt=0, description="whole multipart upload of examples")
     images_uri_prefixes: list[str] = Field(default_factory=list,
                                            description="where JSON images_uri may point; {account} expands")
+
+
+class BatchesConfig(BaseModel):
+    """Team batches over HTTP (`POST /v1/batches`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_items: int = Field(500, ge=1, le=100_000, description="members in one batch")
+    max_upload_bytes: int = Field(256 * 2**20, gt=0, description="whole request (JSON or multipart)")
+
+
+class RunnerConfig(BaseModel):
+    """`JobRunner.user_config`: how the runner of jobs and batches works through the job store."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_concurrency: int = Field(4, ge=1, le=256, description="items in flight through the stage graph")
+    lease_s: float = Field(60.0, gt=0, description="an item's claim; renewed while it runs, taken over after")
+    renew_every_s: float = Field(2.0, gt=0)
+    poll_s: float = Field(0.5, gt=0, description="how often an idle runner looks for work")
+    max_attempts: int = Field(3, ge=1, description="claims of one item before it fails (crashes, restarts)")
+    retry_delay_s: float = Field(2.0, ge=0, description="wait before a transiently failed item runs again")
+    delivery_concurrency: int = Field(4, ge=1)
+    sweep_every_s: float = Field(300.0, gt=0, description="how often expired jobs and outputs are deleted")
+    contact_sheet_tile: int = Field(200, ge=48, le=800)
+
+
+def runner_config(raw: dict[str, Any] | None) -> RunnerConfig:
+    try:
+        return RunnerConfig.model_validate(raw or {})
+    except ValidationError as exc:
+        raise ConfigError(describe_invalid(RUNNER, exc)) from None
 
 
 class IngressConfig(BaseModel):
@@ -40,6 +73,7 @@ class IngressConfig(BaseModel):
     usage_flush_interval_s: float = Field(30.0, ge=0)
     styles: StylesConfig = StylesConfig()
     accounts: AccountsConfig = Field(AccountsConfig(), description="credits, rate limits and plans (avatar.billing)")
+    batches: BatchesConfig = BatchesConfig()
 
 
 def ingress_config(raw: dict[str, Any] | None) -> IngressConfig:
@@ -57,10 +91,12 @@ def check_user_configs(app: dict[str, Any]) -> None:
         name = dep.get("name")
         if name == INGRESS:
             ingress_config(dep.get("user_config"))
+        elif name == RUNNER:
+            runner_config(dep.get("user_config"))
         elif name in stages:
             stage_config(stages[name], dep.get("user_config"))
         else:
-            known = ", ".join([INGRESS, *stages])
+            known = ", ".join([INGRESS, RUNNER, *stages])
             raise ConfigError(f"invalid serve config: unknown deployment {name!r}; known: {known}")
 
 CONFIG_PATH = Path(__file__).resolve().parent.parent / "serve_config.yaml"

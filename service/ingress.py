@@ -4,24 +4,25 @@ directly: the ingress sees only the gate's verdicts and the final, image-free jo
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from avatar.contracts import GenerateResponse, ValidationWarning, is_style_token
+from avatar.contracts import GenerateResponse
 from avatar.flow.names import Stage
 from avatar.flow.orchestrator import StageCall
 from avatar.job import AvatarJob
 from avatar.settings import settings
+from avatar.store.jobs import JobStore, open_job_store
 from avatar.store.storage import Storage, UrlSigner
+from service.answers import generate_response
 from service.app import app
 from service.auth import Authenticator
 from service.billing import Billing
 from service.config import INGRESS, IngressConfig, ingress_config
-from service.replicas import model_id_for, replica_location
+from service.replicas import replica_location, stage_call
 from service.telemetry import Telemetry
 
 
@@ -29,9 +30,12 @@ class Ingress:
     """What the routes use: stage handles, configuration, auth, signer, storage and telemetry of this replica.
     Plain Python, so the HTTP layer can be tested with stand-in handles and no cluster."""
 
-    def __init__(self, **stages: DeploymentHandle | None) -> None:
-        """`stages`: one handle per pipeline stage, by stage name (`quality_gate` may be left out)."""
+    def __init__(self, job_runner: DeploymentHandle | None = None, **stages: DeploymentHandle | None) -> None:
+        """`stages`: one handle per pipeline stage, by stage name (`quality_gate` may be left out); `job_runner`:
+        the deployment that runs asynchronous jobs and batches."""
         self.stages = {Stage(name): handle for name, handle in stages.items() if handle is not None}
+        self.job_runner = job_runner
+        self._jobs: JobStore | None = None
         env = settings()
         self.public_url = env.public_url
         self.signer = UrlSigner(env.url_signing_key(), env.url_ttl_s)
@@ -61,15 +65,7 @@ class Ingress:
 
     def stage_call(self, job: AvatarJob) -> StageCall:
         """The orchestrator's `call` for `job`: a handle call per stage, its custom style through multiplexing."""
-        model_id = model_id_for(job.account, job.style) if job.account and is_style_token(job.style) else None
-
-        def call(stage: Stage, *args: Any, method: str = "run") -> Any:
-            handle = self.stages[stage]
-            if stage is Stage.STYLE_APPLY and model_id:
-                handle = handle.options(multiplexed_model_id=model_id)
-            return getattr(handle, method).remote(*args)
-
-        return call
+        return stage_call(self.stages, job)
 
     def location(self) -> dict[str, str] | None:
         """The node and replica answering (None outside Serve: tests with stand-in handles)."""
@@ -83,24 +79,25 @@ class Ingress:
         return StyleJobs(self.storage.uri, self.auth.uri, **self.config.styles.training)
 
     # ------------------------------------------------------------ answers
+    def base_url(self, request: Request) -> str:
+        """Base of the signed URLs in answers: the configured public URL, else the request's own."""
+        return self.config.public_url or self.public_url or str(request.base_url)
+
     def response(self, request: Request, job: AvatarJob, latency_ms: float) -> GenerateResponse:
-        base = self.config.public_url or self.public_url or str(request.base_url)
-        avatar_url, expires = self.signer.sign(base, job.avatar_key)
-        thumb_url, _ = self.signer.sign(base, job.thumbnail_key)
-        gate = job.gate
-        return GenerateResponse(
-            avatar_url=avatar_url, thumbnail_url=thumb_url,
-            expires_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)),
-            face_detected=True, face_count=job.face_count, face_coverage=job.face_coverage,
-            input_quality_score=job.input_quality_score, likeness_score=round(float(job.likeness_score), 4),
-            validation_warnings=[ValidationWarning(code=w.code, message=w.message) for w in job.warnings],
-            style=job.style, style_version=(job.token or {}).get("version"), platform=job.platform,
-            width=job.size, height=job.size, request_id=job.request_id, attempts=job.attempt,
-            attempt_history=job.history, billable=job.billable, checks=gate.checks if gate else {},
-            auto_accept=bool(gate and gate.auto_accept), needs_review=bool(gate and gate.needs_review),
-            latency_ms=latency_ms, stage_ms=job.timings, created_at=job.created_at, **job.input_fields())
+        return generate_response(self.signer, self.base_url(request), job, latency_ms)
 
+    # ------------------------------------------------------------ jobs
+    @property
+    def jobs(self) -> JobStore:
+        """The job store (opened on first use): jobs, batches, idempotency records, webhook secrets."""
+        if self._jobs is None:
+            self._jobs = open_job_store(settings().resolved_jobs_uri)
+        return self._jobs
 
+    def wake_runner(self) -> None:
+        """Tell the job runner new work is queued (it also polls the store, so a lost wake-up only delays)."""
+        if self.job_runner is not None:
+            self.job_runner.wake.remote()
 
 
 AvatarIngress = serve.deployment(name=INGRESS, ray_actor_options={"num_cpus": 0.25},

@@ -27,6 +27,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (504, "Timed out"))}
 
 
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "schema": {"type": "string", "maxLength": 255},
+                   "description": "Makes a retry safe: the same key and body answer the original response (no new "
+                                  "work, no new charge); the same key with another body is refused (422)."}
+PREFER_ASYNC = {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
+                "description": "`respond-async`: answer 202 with a job instead of waiting (API key required)."}
+
+
+def with_headers(extra: dict[str, Any], *headers: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` with request headers the route reads by hand (Idempotency-Key, Prefer)."""
+    return {**extra, "parameters": [*extra.get("parameters", []), *headers]}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 

@@ -109,6 +109,21 @@ def model_id_for(account: str, token_id: str) -> str:
     return f"{account}/{token_id}"
 
 
+def stage_call(stages: dict[Stage, Any], job: AvatarJob) -> Any:
+    """The orchestrator's `call` for `job` over stage handles: a handle call per stage, a custom style through
+    model multiplexing. Shared by the ingress (synchronous requests) and the job runner (jobs and batches)."""
+    from avatar.contracts import is_style_token
+    model_id = model_id_for(job.account, job.style) if job.account and is_style_token(job.style) else None
+
+    def call(stage: Stage, *args: Any, method: str = "run") -> Any:
+        handle = stages[stage]
+        if stage is Stage.STYLE_APPLY and model_id:
+            handle = handle.options(multiplexed_model_id=model_id)
+        return getattr(handle, method).remote(*args)
+
+    return call
+
+
 @serve.deployment(name="StyleApply", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=4)
 class StyleApply(StageReplica):
     """Custom style tokens arrive through Serve model multiplexing: the ingress sends a custom-style job with

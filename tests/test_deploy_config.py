@@ -25,9 +25,10 @@ def test_rayservice_embeds_the_serve_config():
 def test_every_stage_is_configured_with_its_own_scaling_and_gpu_share():
     from avatar.flow.names import Stage
     from service.ingress import AvatarIngress
+    from service.runner import JobRunner
     app = app_config(load_config())
     configured = {d["name"]: d for d in app["deployments"]}
-    assert set(configured) == {s.deployment for s in Stage} | {AvatarIngress.name}
+    assert set(configured) == {s.deployment for s in Stage} | {AvatarIngress.name, JobRunner.name}
     for name in ("FaceDetect", "StyleApply", "BgGenerate", "DetailEnhance", "QualityGate"):
         dep = configured[name]
         assert 0 < dep["ray_actor_options"]["num_gpus"] < 1, name
@@ -107,7 +108,7 @@ def _pod_containers(manifest: dict) -> tuple[list[dict], list[dict]]:
     return [c for g in groups for c in g["template"]["spec"]["containers"]], [g["template"]["spec"] for g in groups]
 
 
-@pytest.mark.parametrize("name", ["rayservice.yaml", "rayjob-style-training.yaml"])
+@pytest.mark.parametrize("name", ["rayservice.yaml", "rayjob-style-training.yaml", "rayjob-batch.yaml"])
 def test_every_pod_takes_the_shared_state_and_keeps_none(name):
     """Head and workers read the same ConfigMap and Secret; no secret is written in the manifest; no pod has a
     volume that would hold state of its own (only emptyDir scratch)."""

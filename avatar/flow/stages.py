@@ -159,7 +159,11 @@ class FaceDetectStage:
             if len(faces) > 1:
                 job.warn("multiple_faces", f"{len(faces)} faces found; the largest, most central one was used")
             aligned = align_face(rgb, face, PLATFORMS[job.platform].framing, self.work_size)
-            job.aligned = Pixels.of(aligned.image)
+            crop = aligned.image
+            if job.match_lighting:   # one team look: every member under the same light
+                from avatar.team import match_lighting
+                crop = match_lighting(crop, aligned.landmarks)
+            job.aligned = Pixels.of(crop)
             job.work_size = aligned.image.shape[0]
             job.landmarks = aligned.landmarks.astype(np.float32)
             job.face_box = tuple(float(v) for v in aligned.face_box)
@@ -321,6 +325,11 @@ class SaveAvatarStage:
         meta.update({f"avatar:{k}": v for k, v in sorted(job.versions.items())})
         return meta
 
+    def keys(self, job: AvatarJob) -> tuple[str, str]:
+        """Where the avatar and its thumbnail go (directory batches name them after the photo instead)."""
+        day = job.created_at[:10].replace("-", "/")
+        return f"avatars/{day}/{job.request_id}.png", f"avatars/{day}/{job.request_id}_thumb.png"
+
     def run(self, job: AvatarJob, outcome: Outcome | None = None) -> AvatarJob:
         """Stores the chosen attempt; `outcome` (None without a quality gate: delivered as is, billable) brings the
         gate's verdicts."""
@@ -336,9 +345,7 @@ class SaveAvatarStage:
             info = PngInfo()
             for key, value in self.metadata(job).items():
                 info.add_text(key, value)
-            day = job.created_at[:10].replace("-", "/")
-            job.avatar_key = f"avatars/{day}/{job.request_id}.png"
-            job.thumbnail_key = f"avatars/{day}/{job.request_id}_thumb.png"
+            job.avatar_key, job.thumbnail_key = self.keys(job)
             self.storage.put(job.avatar_key, _png(image, info, self.compress_level))
             self.storage.put(job.thumbnail_key, _png(Image.fromarray(small), info, self.compress_level))
             job.styled = job.composed = job.aligned = job.mask = job.output = None   # keep the reply small

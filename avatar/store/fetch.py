@@ -27,38 +27,58 @@ class FetchPolicy:
     allow_private: bool = False   # only for tests and closed networks
 
 
-def _check_address(ip: str, policy: FetchPolicy) -> None:
+def _check_address(ip: str, policy: FetchPolicy, field: str = "image_url") -> None:
     addr = ipaddress.ip_address(ip)
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
         addr = addr.ipv4_mapped
     if policy.allow_private and not addr.is_multicast and not addr.is_unspecified:
         return
     if not addr.is_global or addr.is_multicast or addr.is_reserved or addr.is_link_local:
-        raise FetchRefused(f"image_url resolves to a non-public address ({addr})", field="image_url")
+        raise FetchRefused(f"{field} resolves to a non-public address ({addr})", field=field)
 
 
-def _resolve(host: str, port: int, policy: FetchPolicy) -> str:
+def _resolve(host: str, port: int, policy: FetchPolicy, field: str = "image_url") -> str:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
-        raise FetchRefused(f"image_url host {host!r} does not resolve", field="image_url") from None
+        raise FetchRefused(f"{field} host {host!r} does not resolve", field=field) from None
     addresses = sorted({info[4][0] for info in infos})
     for ip in addresses:   # every answer must be public, or a second lookup could pick the private one
-        _check_address(ip, policy)
+        _check_address(ip, policy, field)
     return addresses[0]
 
 
-def _split(url: str) -> tuple[str, str, int]:
+def _split(url: str, field: str = "image_url") -> tuple[str, str, int]:
     parts = urlsplit(url)
+    invalid = f"invalid_{field}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FetchRefused("image_url must be an absolute http(s) URL", field="image_url", code="invalid_image_url")
+        raise FetchRefused(f"{field} must be an absolute http(s) URL", field=field, code=invalid)
     if parts.username or parts.password:
-        raise FetchRefused("image_url must not carry credentials", field="image_url", code="invalid_image_url")
+        raise FetchRefused(f"{field} must not carry credentials", field=field, code=invalid)
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise FetchRefused("image_url has an invalid port", field="image_url", code="invalid_image_url") from None
+        raise FetchRefused(f"{field} has an invalid port", field=field, code=invalid) from None
     return parts.scheme, parts.hostname, port
+
+
+def check_url(url: str, policy: FetchPolicy, field: str) -> None:
+    """Refuse now what a later request to `url` would refuse (scheme, credentials, a non-public address)."""
+    _, host, port = _split(url, field)
+    _resolve(host, port, policy, field)
+
+
+def post(url: str, body: bytes, headers: dict[str, str], policy: FetchPolicy, field: str = "webhook_url") -> int:
+    """POST `body` to `url` under the same rules as an image fetch (the address checked and pinned); answers the
+    HTTP status. No redirect is followed (a redirect is an answer like any other non-2xx) and the answer's body is
+    not read: a receiver says all it has to say in its status."""
+    _, host, port = _split(url, field)
+    ip = _resolve(host, port, policy, field)
+    pinned = urlunsplit(urlsplit(url)._replace(netloc=_netloc(ip, port)))
+    sent = {**headers, "Host": host if port in (80, 443) else f"{host}:{port}"}
+    with httpx.Client(timeout=policy.timeout_s, follow_redirects=False, trust_env=False) as client:
+        with client.stream("POST", pinned, content=body, headers=sent, extensions={"sni_hostname": host}) as resp:
+            return resp.status_code
 
 
 def fetch_image(url: str, policy: FetchPolicy = FetchPolicy()) -> bytes:

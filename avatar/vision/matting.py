@@ -123,12 +123,18 @@ def refine(rgb: np.ndarray, conf: np.ndarray, landmarks: np.ndarray | None, leve
     trimap = make_trimap(check, level)
     timings["check"] = _ms(start)
     start = time.perf_counter()
-    alpha = solve_alpha(rgb, small, check, trimap, config)
+    alpha = _snap_8bit(solve_alpha(rgb, small, check, trimap, config))
     timings["alpha"] = _ms(start)
     start = time.perf_counter()
     fg = decontaminate(rgb, alpha) if config.decontaminate else rgb.astype(np.float32)
     timings["decontaminate"] = _ms(start)
     return Matte(alpha=alpha, foreground=fg, check=check, trimap=trimap, level=level, timings=timings)
+
+
+def _snap_8bit(alpha: np.ndarray) -> np.ndarray:
+    """Alpha that rounds to 0 or 255 made exactly 0 or 1: the matte travels between stages as 8 bits, so what the
+    next stage sees as opaque must have been treated as opaque here (never decontaminated)."""
+    return np.where(alpha >= 254.5 / 255, 1.0, np.where(alpha < 0.5 / 255, 0.0, alpha)).astype(np.float32)
 
 
 def make_trimap(check: MaskCheck, level: int = 0) -> np.ndarray:

@@ -9,28 +9,51 @@ import time
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from avatar.contracts import CheckRequest, CheckResponse, GenerateRequest, GenerateResponse, parse_request
+from avatar.contracts import CheckRequest, CheckResponse, GenerateRequest, GenerateResponse, JobView, parse_request
 from avatar.errors import InsufficientCredits
 from avatar.flow import orchestrator
 from avatar.job import AvatarJob, PhotoInput
 from avatar.vision.imageio import b64decode_image
 from service.dependencies import Account, Ingress
 from service.errors import as_avatar_error, error_response
+from service import idempotency
 from service.http import read_photo_payload
-from service.openapi import ERRORS, json_or_form_body
+from service.openapi import ERRORS, IDEMPOTENCY_KEY, PREFER_ASYNC, json_or_form_body, with_headers
+from service.submit import submit_generate, wants_async
 
 log = logging.getLogger("avatar.routes")
 
 router = APIRouter(prefix="/v1/avatar", tags=["avatar"])
 
 
-@router.post("/generate", response_model=GenerateResponse, responses=ERRORS,
-             openapi_extra=json_or_form_body(GenerateRequest, "image", "GenerateForm"),
+@router.post("/generate", response_model=GenerateResponse,
+             responses={**ERRORS, 202: {"model": JobView, "description": "Accepted as a job (Prefer: respond-async)"},
+                        409: ERRORS[400] | {"description": "The same Idempotency-Key is still in progress"}},
+             openapi_extra=with_headers(json_or_form_body(GenerateRequest, "image", "GenerateForm"), PREFER_ASYNC,
+                                        IDEMPOTENCY_KEY),
              summary="Turn a photo into a platform-ready avatar")
 async def generate(request: Request, ingress: Ingress, account: Account) -> GenerateResponse | JSONResponse:
-    """JSON with `image` (base64), `image_url` or `input_id`, or a multipart form with an `image` file part."""
+    """JSON with `image` (base64), `image_url` or `input_id`, or a multipart form with an `image` file part.
+
+    `Prefer: respond-async` makes it a job: 202 with the job's status URL (API key required; `webhook_url` and
+    `webhook_events` fields subscribe to its events), and `GET /v1/jobs/{job_id}` answers this same body when done.
+    `Idempotency-Key` makes a retry safe: the same key and body answer the original response, with no new charge."""
     started = time.perf_counter()
     payload, upload = await read_photo_payload(request, ingress.config.max_body_bytes)
+    if wants_async(request):
+        return await submit_generate(request, ingress, account, payload, upload)
+    hold, replay = await idempotency.begin(request, lambda: ingress.jobs, account, "generate",
+                                           idempotency.fingerprint(payload, upload))
+    if replay is not None:
+        return replay
+    async with hold.guard():
+        answer = await _generate(request, ingress, account, payload, upload, started)
+        await hold.finish(answer)
+    return answer
+
+
+async def _generate(request: Request, ingress, account: str | None, payload: dict, upload: bytes | None,
+                    started: float) -> GenerateResponse | JSONResponse:
     req: GenerateRequest = parse_request(GenerateRequest, payload)
     job = AvatarJob(request_id=AvatarJob.new_request_id(), style=req.resolved_style, platform=req.platform,
                     size=req.size, intensity=req.resolved_intensity, palette=req.palette, background=req.background,

@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 
 from avatar.catalog.platforms import BUILTIN_STYLES
-from avatar.contracts import ErrorResponse, StyleJobRequest, StyleView, StylesList, is_style_token
+from avatar.contracts import StyleJobRequest, StyleView, StylesList, is_style_token
 from avatar.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from avatar.store.accounts import StyleRecord
 from avatar.store.storage import Storage
@@ -25,7 +25,8 @@ from avatar.tokens import delete_token
 from service.auth import style_not_found
 from service.dependencies import Ingress, RequiredAccount
 from service.http import JSON_TYPES, content_type, read_form, read_json
-from service.openapi import ERRORS, json_or_form_body
+from service import idempotency
+from service.openapi import ERRORS, IDEMPOTENCY_KEY, json_or_form_body, with_headers
 from avatar.tokens import token_version
 
 log = logging.getLogger("avatar.styles")
@@ -37,7 +38,7 @@ MAX_NAME = 200
 
 
 @router.post("", status_code=202, response_model=StyleView, responses=ERRORS,
-             openapi_extra=json_or_form_body(StyleJobRequest, "images", "StyleJobForm"),
+             openapi_extra=with_headers(json_or_form_body(StyleJobRequest, "images", "StyleJobForm"), IDEMPOTENCY_KEY),
              summary="Train a custom style from 50-200 example images")
 async def create_style(request: Request, ingress: Ingress, account: RequiredAccount) -> JSONResponse:
     """Multipart `images` file parts, or JSON `images_uri` in a location the operator opened. Answers 202 with the
@@ -47,20 +48,35 @@ async def create_style(request: Request, ingress: Ingress, account: RequiredAcco
     ctype = content_type(request)
     if ctype == "multipart/form-data":
         files, fields = await _read_upload(request, styles.max_upload_bytes)
-        options, name = _options(fields)
-        status = await asyncio.to_thread(jobs.submit_upload, account, files, **options)
+        print_ = idempotency.fingerprint({**fields, "files": sorted(files)}, *files.values())
     elif ctype in JSON_TYPES:
-        payload = await read_json(request, 2**20)
-        images_uri = payload.get("images_uri")
-        if not isinstance(images_uri, str) or not images_uri.strip():
-            raise InvalidRequest("send the examples as multipart 'images' files, or JSON with 'images_uri'",
-                                 field="images_uri", code="missing_images")
-        _check_images_uri(images_uri.strip(), account, styles.images_uri_prefixes)
-        options, name = _options(payload)
-        status = await asyncio.to_thread(jobs.submit, account, images_uri.strip(), **options)
+        fields, files = await read_json(request, 2**20), {}
+        print_ = idempotency.fingerprint(fields)
     else:
         raise UnsupportedMediaType(f"content-type {ctype!r} is not supported; send multipart/form-data or "
                                    "application/json", field="content-type", code="unsupported_content_type")
+    hold, replay = await idempotency.begin(request, lambda: ingress.jobs, account, "styles", print_)
+    if replay is not None:
+        return replay
+    async with hold.guard():
+        response = await _submit(ingress, jobs, account, files, fields, styles.images_uri_prefixes)
+        await hold.finish(response)
+    return response
+
+
+async def _submit(ingress: Any, jobs: Any, account: str, files: dict[str, bytes], fields: dict[str, Any],
+                  prefixes: list[str]) -> JSONResponse:
+    if files:
+        options, name = _options(fields)
+        status = await asyncio.to_thread(jobs.submit_upload, account, files, **options)
+    else:
+        images_uri = fields.get("images_uri")
+        if not isinstance(images_uri, str) or not images_uri.strip():
+            raise InvalidRequest("send the examples as multipart 'images' files, or JSON with 'images_uri'",
+                                 field="images_uri", code="missing_images")
+        _check_images_uri(images_uri.strip(), account, prefixes)
+        options, name = _options(fields)
+        status = await asyncio.to_thread(jobs.submit, account, images_uri.strip(), **options)
     if name:
         await asyncio.to_thread(_put_name, ingress.storage, account, status.token_id, name, status.job_id)
     log.info("style job %s started for account %s (%s examples)", status.job_id, account, status.examples)

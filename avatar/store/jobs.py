@@ -1,0 +1,554 @@
+"""Durable jobs: asynchronous generations and team batches, their items, webhook deliveries, idempotency records and
+per-account webhook secrets, behind one interface (`JobStore`) with an SQLite implementation (the embedded default).
+
+Why the store is the queue: an accepted job must survive the restart of any replica and never run twice to
+completion. Every piece of work is a row; a runner *claims* an item with a lease (owner + expiry + attempt count) in
+one `BEGIN IMMEDIATE` transaction, renews the lease while it works, and its result is accepted only while it still
+owns the running item. A runner that dies leaves a lease that expires; the next claim takes the item again (up to
+`max_attempts`), and items already finished are never claimed again. Webhook deliveries and job finalisation are
+claimed the same way. SQLite in WAL mode serves every process of one node; a cluster needs a networked backend
+(`BACKENDS`).
+
+Every read is scoped by account: another account's job is indistinguishable from a missing one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol, runtime_checkable
+
+from avatar.settings import settings
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
+JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED)
+ACTIVE = (QUEUED, RUNNING)
+TERMINAL = (SUCCEEDED, FAILED, CANCELED)
+
+GENERATE, BATCH = "generate", "batch"
+PENDING, DELIVERED, GAVE_UP = "pending", "delivered", "failed"
+
+
+def new_job_id() -> str:
+    return "job_" + secrets.token_hex(10)
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(10)
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    account: str
+    kind: str                                   # generate | batch
+    state: str
+    params: dict[str, Any]                      # the generate parameters (style, platform, ...), shared by items
+    base_url: str                               # base of the signed URLs in the answer
+    webhook_url: str | None
+    webhook_events: list[str]
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None             # set when the job ends: ttl_s later it is deleted
+    output: dict[str, Any] | None = None        # generate: the synchronous answer; batch: result URLs and summary
+    error: dict[str, Any] | None = None         # the JSON error body of a failed job
+    counts: dict[str, int] = field(default_factory=dict)   # items by state
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def settled(self) -> int:
+        return sum(self.counts.get(s, 0) for s in TERMINAL)
+
+
+@dataclass
+class ItemRecord:
+    job_id: str
+    idx: int
+    external_id: str | None
+    source: dict[str, Any]                      # {"upload": key} | {"url": ...} | {"input_id": ...}
+    request_id: str                             # stable across re-runs: a re-run overwrites the same outputs
+    state: str = QUEUED
+    attempts: int = 0
+    owner: str | None = None
+    result: dict[str, Any] | None = None        # the generate answer body
+    error: dict[str, Any] | None = None         # the generate error body
+    billable: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+    outputs: list[str] = field(default_factory=list)   # storage keys written for it (avatar, thumbnail)
+    account: str = ""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.job_id, self.idx
+
+
+@dataclass
+class DeliveryRecord:
+    delivery_id: str                            # the Standard Webhooks `webhook-id`: the same on every retry
+    job_id: str
+    event: str
+    url: str
+    payload: str
+    state: str
+    created_at: float
+    next_at: float
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    account: str = ""
+
+
+@dataclass(frozen=True)
+class IdempotencyResult:
+    """`status` is new (go ahead), replay (`response` is the original answer), conflict (another body used the key)
+    or in_progress (the original request is still running)."""
+
+    status: str
+    response: dict[str, Any] | None = None
+    status_code: int | None = None
+
+
+@runtime_checkable
+class JobStore(Protocol):
+    def create_job(self, account: str, kind: str, params: dict[str, Any], items: list[tuple[str | None, dict]],
+                   base_url: str, webhook_url: str | None = None, webhook_events: list[str] | None = None,
+                   ttl_s: float = 86400.0, job_id: str | None = None) -> JobRecord: ...
+    def get_job(self, account: str, job_id: str) -> JobRecord | None: ...
+    def list_jobs(self, account: str, limit: int = 50, kind: str | None = None) -> list[JobRecord]: ...
+    def items(self, account: str, job_id: str, offset: int = 0, limit: int = 1000) -> list[ItemRecord]: ...
+    def cancel(self, account: str, job_id: str) -> JobRecord | None: ...
+    def claim_item(self, owner: str, lease_s: float, max_attempts: int = 3) -> tuple[ItemRecord, bool] | None: ...
+    def renew(self, owner: str, keys: list[tuple[str, int]], lease_s: float) -> set[tuple[str, int]]: ...
+    def finish_item(self, owner: str, item: ItemRecord, state: str, result: dict | None = None,
+                    error: dict | None = None, billable: bool = False, outputs: list[str] | None = None) -> bool: ...
+    def release_item(self, owner: str, item: ItemRecord, delay_s: float = 0.0) -> bool: ...
+    def claim_settled_job(self, owner: str, lease_s: float) -> JobRecord | None: ...
+    def complete_job(self, owner: str, job_id: str, state: str, output: dict | None = None,
+                     error: dict | None = None) -> bool: ...
+    def add_delivery(self, job: JobRecord, event: str, payload: str) -> str: ...
+    def claim_delivery(self, owner: str, lease_s: float) -> DeliveryRecord | None: ...
+    def record_attempt(self, owner: str, delivery_id: str, attempt: dict[str, Any], next_at: float | None,
+                       state: str) -> bool: ...
+    def deliveries(self, job_id: str) -> list[DeliveryRecord]: ...
+    def webhook_secrets(self, account: str) -> list[str]: ...
+    def webhook_secret(self, account: str) -> tuple[str, float]: ...
+    def rotate_webhook_secret(self, account: str, grace_s: float) -> tuple[str, float]: ...
+    def idempotency_begin(self, scope: str, route: str, key: str, fingerprint: str,
+                          ttl_s: float) -> IdempotencyResult: ...
+    def idempotency_save(self, scope: str, route: str, key: str, status_code: int, response: dict) -> None: ...
+    def idempotency_release(self, scope: str, route: str, key: str) -> None: ...
+    def sweep(self, now: float | None = None) -> list[tuple[JobRecord, list[ItemRecord]]]: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, account TEXT NOT NULL, kind TEXT NOT NULL, state TEXT NOT NULL,
+    params TEXT NOT NULL, base_url TEXT NOT NULL, webhook_url TEXT, webhook_events TEXT NOT NULL,
+    created_at REAL NOT NULL, started_at REAL, finished_at REAL, expires_at REAL, ttl_s REAL NOT NULL,
+    output TEXT, error TEXT, owner TEXT, lease_until REAL);
+CREATE INDEX IF NOT EXISTS jobs_by_account ON jobs(account, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS items (
+    job_id TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE, idx INTEGER NOT NULL,
+    external_id TEXT, source TEXT NOT NULL, request_id TEXT NOT NULL, state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, owner TEXT, lease_until REAL, not_before REAL NOT NULL DEFAULT 0,
+    result TEXT, error TEXT, billable INTEGER NOT NULL DEFAULT 0, started_at REAL, finished_at REAL,
+    outputs TEXT, PRIMARY KEY (job_id, idx));
+CREATE INDEX IF NOT EXISTS items_by_state ON items(state, not_before);
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
+    event TEXT NOT NULL, url TEXT NOT NULL, payload TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
+    next_at REAL NOT NULL, owner TEXT, lease_until REAL);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_at);
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    delivery_id TEXT NOT NULL REFERENCES deliveries(delivery_id) ON DELETE CASCADE, n INTEGER NOT NULL,
+    at REAL NOT NULL, status_code INTEGER, error TEXT, duration_ms REAL, PRIMARY KEY (delivery_id, n));
+CREATE TABLE IF NOT EXISTS webhook_secrets (
+    account TEXT PRIMARY KEY, secret TEXT NOT NULL, created_at REAL NOT NULL,
+    previous TEXT, previous_until REAL);
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope TEXT NOT NULL, route TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    status_code INTEGER, response TEXT, created_at REAL NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (scope, route, key));
+"""
+
+_JOB_COLS = ("job_id, account, kind, state, params, base_url, webhook_url, webhook_events, created_at, started_at, "
+             "finished_at, expires_at, output, error")
+_ITEM_COLS = ("job_id, idx, external_id, source, request_id, state, attempts, owner, result, error, billable, "
+              "started_at, finished_at, outputs")
+
+
+_LIVE = "(expires_at IS NULL OR expires_at>?)"   # a job expires `ttl_s` after it ends, never while active
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+class SqliteJobStore:
+    """One SQLite file shared by the ingress replicas and the runners of one node (WAL; a connection per call)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with self._read() as db:   # executescript commits on its own
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    # ------------------------------------------------------------ plumbing
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front (BEGIN IMMEDIATE): claims never race between processes."""
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            yield db
+        finally:
+            db.close()
+
+    # ------------------------------------------------------------ jobs
+    def create_job(self, account: str, kind: str, params: dict[str, Any], items: list[tuple[str | None, dict]],
+                   base_url: str, webhook_url: str | None = None, webhook_events: list[str] | None = None,
+                   ttl_s: float = 86400.0, job_id: str | None = None) -> JobRecord:
+        """A queued job with its items, in one transaction: accepted work is either all there or not at all."""
+        job_id = job_id or new_job_id()
+        now = time.time()
+        with self._tx() as db:
+            db.execute(f"INSERT INTO jobs ({_JOB_COLS}, ttl_s) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       (job_id, account, kind, QUEUED, json.dumps(params), base_url, webhook_url,
+                        json.dumps(list(webhook_events or [])), now, None, None, None, None, None, ttl_s))
+            db.executemany("INSERT INTO items (job_id, idx, external_id, source, request_id, state) "
+                           "VALUES (?,?,?,?,?,?)",
+                           [(job_id, i, ext, json.dumps(src), new_request_id(), QUEUED)
+                            for i, (ext, src) in enumerate(items)])
+        job = self.get_job(account, job_id)
+        assert job is not None
+        return job
+
+    def _job(self, db: sqlite3.Connection, row: tuple) -> JobRecord:
+        job = JobRecord(job_id=row[0], account=row[1], kind=row[2], state=row[3], params=json.loads(row[4]),
+                        base_url=row[5], webhook_url=row[6], webhook_events=json.loads(row[7]), created_at=row[8],
+                        started_at=row[9], finished_at=row[10], expires_at=row[11], output=_loads(row[12]),
+                        error=_loads(row[13]))
+        job.counts = dict(db.execute("SELECT state, COUNT(*) FROM items WHERE job_id=? GROUP BY state",
+                                     (job.job_id,)).fetchall())
+        return job
+
+    def get_job(self, account: str, job_id: str) -> JobRecord | None:
+        """The account's job, or None when missing, expired or another account's (callers answer 404)."""
+        with self._read() as db:
+            row = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE job_id=? AND account=? AND {_LIVE}",
+                             (job_id, account, time.time())).fetchone()
+            return self._job(db, row) if row else None
+
+    def list_jobs(self, account: str, limit: int = 50, kind: str | None = None) -> list[JobRecord]:
+        with self._read() as db:
+            rows = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE account=? AND {_LIVE} "
+                              "AND (? IS NULL OR kind=?) ORDER BY created_at DESC LIMIT ?",
+                              (account, time.time(), kind, kind, limit)).fetchall()
+            return [self._job(db, r) for r in rows]
+
+    def items(self, account: str, job_id: str, offset: int = 0, limit: int = 1000) -> list[ItemRecord]:
+        with self._read() as db:
+            if db.execute("SELECT 1 FROM jobs WHERE job_id=? AND account=?", (job_id, account)).fetchone() is None:
+                return []
+            rows = db.execute(f"SELECT {_ITEM_COLS} FROM items WHERE job_id=? ORDER BY idx LIMIT ? OFFSET ?",
+                              (job_id, limit, offset)).fetchall()
+        return [_item(r, account) for r in rows]
+
+    def cancel(self, account: str, job_id: str) -> JobRecord | None:
+        """Cancel a queued or running job: every unfinished item becomes canceled (a running item's result will be
+        refused), the job ends now. A finished job is returned unchanged."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(f"SELECT state, ttl_s FROM jobs WHERE job_id=? AND account=? AND {_LIVE}",
+                             (job_id, account, now)).fetchone()
+            if row is None:
+                return None
+            if row[0] in ACTIVE:
+                db.execute("UPDATE items SET state=?, owner=NULL, finished_at=? WHERE job_id=? AND state IN (?,?)",
+                           (CANCELED, now, job_id, QUEUED, RUNNING))
+                db.execute("UPDATE jobs SET state=?, finished_at=?, expires_at=?, owner=NULL WHERE job_id=?",
+                           (CANCELED, now, now + row[1], job_id))
+        return self.get_job(account, job_id)
+
+    # ------------------------------------------------------------ items: claim, renew, finish
+    def claim_item(self, owner: str, lease_s: float, max_attempts: int = 3) -> tuple[ItemRecord, bool] | None:
+        """The next item to run (oldest job first), leased to `owner`; True when this claim started its job.
+
+        A running item whose lease expired (its runner died) is taken again, unless it has used `max_attempts`
+        claims: then it fails with `stage_unavailable` rather than crash-looping a runner."""
+        now = time.time()
+        with self._tx() as db:
+            while True:
+                row = db.execute(
+                    "SELECT i.job_id, i.idx, i.attempts FROM items i JOIN jobs j ON j.job_id=i.job_id "
+                    "WHERE j.state IN (?,?) AND ((i.state=? AND i.not_before<=?) OR (i.state=? AND i.lease_until<?)) "
+                    "ORDER BY j.created_at, i.idx LIMIT 1", (QUEUED, RUNNING, QUEUED, now, RUNNING, now)).fetchone()
+                if row is None:
+                    return None
+                job_id, idx, attempts = row
+                if attempts >= max_attempts:
+                    error = {"error": {"code": "stage_unavailable", "field": None,
+                                       "message": f"the item was interrupted {attempts} times; giving up"}}
+                    db.execute("UPDATE items SET state=?, error=?, owner=NULL, finished_at=? WHERE job_id=? AND idx=?",
+                               (FAILED, json.dumps(error), now, job_id, idx))
+                    continue
+                db.execute("UPDATE items SET state=?, owner=?, lease_until=?, attempts=attempts+1, "
+                           "started_at=COALESCE(started_at, ?) WHERE job_id=? AND idx=?",
+                           (RUNNING, owner, now + lease_s, now, job_id, idx))
+                started = db.execute("UPDATE jobs SET state=?, started_at=? WHERE job_id=? AND state=?",
+                                     (RUNNING, now, job_id, QUEUED)).rowcount > 0
+                item = db.execute(f"SELECT {_ITEM_COLS} FROM items WHERE job_id=? AND idx=?", (job_id, idx)).fetchone()
+                account = db.execute("SELECT account FROM jobs WHERE job_id=?", (job_id,)).fetchone()[0]
+                return _item(item, account), started
+
+    def renew(self, owner: str, keys: list[tuple[str, int]], lease_s: float) -> set[tuple[str, int]]:
+        """Extend the leases of `owner`'s running items; returns the ones it still holds (the others were canceled
+        or taken over, and their work should stop)."""
+        held: set[tuple[str, int]] = set()
+        with self._tx() as db:
+            for job_id, idx in keys:
+                cur = db.execute("UPDATE items SET lease_until=? WHERE job_id=? AND idx=? AND owner=? AND state=?",
+                                 (time.time() + lease_s, job_id, idx, owner, RUNNING))
+                if cur.rowcount:
+                    held.add((job_id, idx))
+        return held
+
+    def finish_item(self, owner: str, item: ItemRecord, state: str, result: dict | None = None,
+                    error: dict | None = None, billable: bool = False, outputs: list[str] | None = None) -> bool:
+        """Record an item's outcome; refused (False) unless `owner` still holds it running, so an item is finished
+        once, by one runner, and never after its job was canceled."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE items SET state=?, result=?, error=?, billable=?, finished_at=?, owner=NULL, "
+                             "outputs=? WHERE job_id=? AND idx=? AND owner=? AND state=?",
+                             (state, json.dumps(result) if result is not None else None,
+                              json.dumps(error) if error is not None else None, int(billable), time.time(),
+                              json.dumps(outputs or []), item.job_id, item.idx, owner, RUNNING))
+            return cur.rowcount > 0
+
+    def release_item(self, owner: str, item: ItemRecord, delay_s: float = 0.0) -> bool:
+        """Give a held item back to the queue (a transient failure), to be claimed again after `delay_s`."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE items SET state=?, owner=NULL, lease_until=NULL, not_before=? "
+                             "WHERE job_id=? AND idx=? AND owner=? AND state=?",
+                             (QUEUED, time.time() + delay_s, item.job_id, item.idx, owner, RUNNING))
+            return cur.rowcount > 0
+
+    # ------------------------------------------------------------ jobs: finalise
+    def claim_settled_job(self, owner: str, lease_s: float) -> JobRecord | None:
+        """An active job whose items have all finished, leased to `owner` to build its output and end it."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT job_id FROM jobs j WHERE state IN (?,?) AND (owner IS NULL OR lease_until<?) "
+                "AND NOT EXISTS (SELECT 1 FROM items i WHERE i.job_id=j.job_id AND i.state IN (?,?)) "
+                "ORDER BY created_at LIMIT 1", (QUEUED, RUNNING, now, QUEUED, RUNNING)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET owner=?, lease_until=? WHERE job_id=?", (owner, now + lease_s, row[0]))
+            job = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE job_id=?", (row[0],)).fetchone()
+            return self._job(db, job)
+
+    def complete_job(self, owner: str, job_id: str, state: str, output: dict | None = None,
+                     error: dict | None = None) -> bool:
+        """End a job the owner finalised; its outputs expire `ttl_s` after this."""
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute("UPDATE jobs SET state=?, output=?, error=?, finished_at=?, expires_at=?+ttl_s, "
+                             "owner=NULL WHERE job_id=? AND owner=? AND state IN (?,?)",
+                             (state, json.dumps(output) if output is not None else None,
+                              json.dumps(error) if error is not None else None, now, now, job_id, owner,
+                              QUEUED, RUNNING))
+            return cur.rowcount > 0
+
+    # ------------------------------------------------------------ webhook deliveries
+    def add_delivery(self, job: JobRecord, event: str, payload: str) -> str:
+        delivery_id = "msg_" + secrets.token_hex(12)
+        now = time.time()
+        with self._tx() as db:
+            db.execute("INSERT INTO deliveries (delivery_id, job_id, event, url, payload, state, created_at, next_at) "
+                       "VALUES (?,?,?,?,?,?,?,?)",
+                       (delivery_id, job.job_id, event, job.webhook_url or "", payload, PENDING, now, now))
+        return delivery_id
+
+    def claim_delivery(self, owner: str, lease_s: float) -> DeliveryRecord | None:
+        """The next due delivery, leased to `owner` (a runner that dies mid-send leaves it to the next one). One
+        message of a job is in flight at a time, so a job's events arrive in order while the receiver accepts them;
+        a message being retried does not hold back the later ones."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT delivery_id FROM deliveries d WHERE state=? AND next_at<=? "
+                             "AND (owner IS NULL OR lease_until<?) AND NOT EXISTS (SELECT 1 FROM deliveries e "
+                             "WHERE e.job_id=d.job_id AND e.state=? AND e.lease_until>=?) "
+                             "ORDER BY next_at, created_at LIMIT 1", (PENDING, now, now, PENDING, now)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE deliveries SET owner=?, lease_until=? WHERE delivery_id=?",
+                       (owner, now + lease_s, row[0]))
+            return self._deliveries(db, "d.delivery_id=?", row[0])[0]
+
+    def record_attempt(self, owner: str, delivery_id: str, attempt: dict[str, Any], next_at: float | None,
+                       state: str) -> bool:
+        """One send's outcome (every attempt stays visible in the job's status); `next_at` schedules a retry."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM deliveries WHERE delivery_id=? AND owner=?",
+                          (delivery_id, owner)).fetchone() is None:
+                return False
+            n = db.execute("SELECT COUNT(*) FROM delivery_attempts WHERE delivery_id=?", (delivery_id,)).fetchone()[0]
+            db.execute("INSERT INTO delivery_attempts VALUES (?,?,?,?,?,?)",
+                       (delivery_id, n + 1, attempt.get("at", time.time()), attempt.get("status_code"),
+                        attempt.get("error"), attempt.get("duration_ms")))
+            db.execute("UPDATE deliveries SET state=?, next_at=?, owner=NULL, lease_until=NULL WHERE delivery_id=?",
+                       (state, next_at if next_at is not None else time.time(), delivery_id))
+        return True
+
+    def deliveries(self, job_id: str) -> list[DeliveryRecord]:
+        with self._read() as db:
+            return self._deliveries(db, "d.job_id=?", job_id)
+
+    def _deliveries(self, db: sqlite3.Connection, where: str, arg: str) -> list[DeliveryRecord]:
+        rows = db.execute("SELECT d.delivery_id, d.job_id, d.event, d.url, d.payload, d.state, d.created_at, "
+                          f"d.next_at, j.account FROM deliveries d JOIN jobs j ON j.job_id=d.job_id WHERE {where} "
+                          "ORDER BY d.created_at", (arg,)).fetchall()
+        out = []
+        for r in rows:
+            attempts = db.execute("SELECT n, at, status_code, error, duration_ms FROM delivery_attempts "
+                                  "WHERE delivery_id=? ORDER BY n", (r[0],)).fetchall()
+            out.append(DeliveryRecord(*r[:8], attempts=[
+                {"attempt": a[0], "at": a[1], "status_code": a[2], "error": a[3], "duration_ms": a[4]}
+                for a in attempts], account=r[8]))
+        return out
+
+    # ------------------------------------------------------------ webhook secrets
+    def webhook_secret(self, account: str) -> tuple[str, float]:
+        """The account's signing secret (created on first use) and when it was made."""
+        with self._tx() as db:
+            row = db.execute("SELECT secret, created_at FROM webhook_secrets WHERE account=?", (account,)).fetchone()
+            if row:
+                return row[0], row[1]
+            secret, now = _new_secret(), time.time()
+            db.execute("INSERT INTO webhook_secrets (account, secret, created_at) VALUES (?,?,?)",
+                       (account, secret, now))
+            return secret, now
+
+    def rotate_webhook_secret(self, account: str, grace_s: float) -> tuple[str, float]:
+        """A new secret; the old one keeps signing beside it for `grace_s`, so receivers can switch without a gap."""
+        self.webhook_secret(account)
+        secret, now = _new_secret(), time.time()
+        with self._tx() as db:
+            db.execute("UPDATE webhook_secrets SET previous=secret, previous_until=?, secret=?, created_at=? "
+                       "WHERE account=?", (now + grace_s, secret, now, account))
+        return secret, now
+
+    def webhook_secrets(self, account: str) -> list[str]:
+        """The secrets a delivery is signed with now: the current one, and the previous one during its grace."""
+        current, _ = self.webhook_secret(account)
+        with self._read() as db:
+            row = db.execute("SELECT previous, previous_until FROM webhook_secrets WHERE account=?",
+                             (account,)).fetchone()
+        return [current] + ([row[0]] if row and row[0] and (row[1] or 0) > time.time() else [])
+
+    # ------------------------------------------------------------ idempotency
+    def idempotency_begin(self, scope: str, route: str, key: str, fingerprint: str,
+                          ttl_s: float) -> IdempotencyResult:
+        """Reserve `key` for this request body (its `fingerprint`), or say what the key already stands for."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("DELETE FROM idempotency WHERE scope=? AND route=? AND key=? AND expires_at<?",
+                       (scope, route, key, now))
+            row = db.execute("SELECT fingerprint, status_code, response FROM idempotency "
+                             "WHERE scope=? AND route=? AND key=?", (scope, route, key)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO idempotency (scope, route, key, fingerprint, created_at, expires_at) "
+                           "VALUES (?,?,?,?,?,?)", (scope, route, key, fingerprint, now, now + ttl_s))
+                return IdempotencyResult("new")
+        if row[0] != fingerprint:
+            return IdempotencyResult("conflict")
+        if row[1] is None:
+            return IdempotencyResult("in_progress")
+        return IdempotencyResult("replay", json.loads(row[2]), row[1])
+
+    def idempotency_save(self, scope: str, route: str, key: str, status_code: int, response: dict) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE idempotency SET status_code=?, response=? WHERE scope=? AND route=? AND key=?",
+                       (status_code, json.dumps(response), scope, route, key))
+
+    def idempotency_release(self, scope: str, route: str, key: str) -> None:
+        """Forget a reservation whose request failed transiently, so a retry with the same key runs again."""
+        with self._tx() as db:
+            db.execute("DELETE FROM idempotency WHERE scope=? AND route=? AND key=? AND status_code IS NULL",
+                       (scope, route, key))
+
+    # ------------------------------------------------------------ expiry
+    def sweep(self, now: float | None = None) -> list[tuple[JobRecord, list[ItemRecord]]]:
+        """Delete expired jobs (with their items and deliveries) and idempotency records; returns what was removed
+        so the caller can delete the stored outputs and uploads they point to."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            rows = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE expires_at<=? AND state NOT IN (?,?)",
+                              (now, QUEUED, RUNNING)).fetchall()
+            removed = []
+            for row in rows:
+                job = self._job(db, row)
+                items = [_item(r, job.account) for r in db.execute(
+                    f"SELECT {_ITEM_COLS} FROM items WHERE job_id=?", (job.job_id,)).fetchall()]
+                removed.append((job, items))
+                db.execute("DELETE FROM jobs WHERE job_id=?", (job.job_id,))
+            db.execute("DELETE FROM idempotency WHERE expires_at<?", (now,))
+        return removed
+
+
+def _item(row: tuple, account: str) -> ItemRecord:
+    return ItemRecord(job_id=row[0], idx=row[1], external_id=row[2], source=json.loads(row[3]), request_id=row[4],
+                      state=row[5], attempts=row[6], owner=row[7], result=_loads(row[8]), error=_loads(row[9]),
+                      billable=bool(row[10]), started_at=row[11], finished_at=row[12],
+                      outputs=_loads(row[13]) or [], account=account)
+
+
+def _new_secret() -> str:
+    from avatar.webhooks import new_secret
+    return new_secret()
+
+
+def open_job_store(uri: str | None = None) -> JobStore:
+    """The store named by `uri` (default `AVATAR_JOBS_URI`, else `<data dir>/jobs.sqlite3`):
+    `sqlite:///relative/path` or `sqlite:////absolute/path`. Other backends register in `BACKENDS`."""
+    uri = uri or settings().resolved_jobs_uri
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme not in BACKENDS:
+        raise ValueError(f"unsupported job store URI {uri!r}; schemes: {', '.join(sorted(BACKENDS))}")
+    return BACKENDS[scheme](rest)
+
+
+def _open_sqlite(rest: str) -> SqliteJobStore:
+    path = rest[1:] if rest.startswith("/") else rest
+    if not path or path == ":memory:":
+        raise ValueError("the job store must be a file shared by the service's processes, not :memory:")
+    return SqliteJobStore(path)
+
+
+BACKENDS: dict[str, Any] = {"sqlite": _open_sqlite}

@@ -1,0 +1,442 @@
+"""The job runner: takes queued jobs and batch items from the job store and runs them through the same stage graph
+as a synchronous request, with bounded concurrency; finishes jobs (a batch's JSON, ZIP and contact sheet); delivers
+webhooks with retries; deletes what has expired.
+
+`JobWorker` is plain asyncio over a `call_for(job)` that starts stages (Serve handles in the `JobRunner`
+deployment, the in-process pipeline in tests), so its rules are tested without a cluster. Nothing it knows lives
+only in memory: every claim is a lease in the store, renewed while the item runs. A runner that dies (replica
+restart, node loss) loses only the items in flight; their leases expire and the next runner takes them again;
+finished items are never redone, and a result is accepted only from the runner that still holds the item, so an item
+is completed once. Each item's request id is fixed when the job is accepted, so a re-run overwrites the same output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ray import serve
+
+from avatar.deliverables import Member, avatars_zip, contact_sheet
+from avatar.engines.template import OutputTemplate
+from avatar.errors import InvalidRequest, NotFound
+from avatar.flow import orchestrator
+from avatar.flow.names import Stage
+from avatar.job import AvatarJob, PhotoInput
+from avatar.settings import settings
+from avatar.store.fetch import FetchPolicy
+from avatar.store.jobs import (BATCH, DELIVERED, FAILED, GAVE_UP, PENDING, SUCCEEDED, ItemRecord,
+                               JobRecord, JobStore, open_job_store)
+from avatar.store.storage import Storage, UrlSigner
+from avatar.vision.imageio import b64decode_image
+from avatar import webhooks
+from service.answers import generate_response, item_view, job_view
+from service.config import RUNNER, RunnerConfig, runner_config
+from service.errors import as_avatar_error
+
+log = logging.getLogger("avatar.runner")
+
+TRANSIENT = ("stage_unavailable", "overloaded", "timeout", "stage_failed")
+INPUTS_PREFIX = "job-inputs"
+BATCHES_PREFIX = "batches"
+
+
+def upload_key(job_id: str, idx: int) -> str:
+    """Where an uploaded photo waits for its item (deleted once the item is done)."""
+    return f"{INPUTS_PREFIX}/{job_id}/{idx}"
+
+
+def emit(store: JobStore, job: JobRecord, event: str, data: dict[str, Any]) -> str | None:
+    """Queue `event` for the job's webhook when the job subscribed to it; the runner sends it."""
+    if not job.webhook_url or event not in job.webhook_events:
+        return None
+    return store.add_delivery(job, event, webhooks.message(event, data))
+
+
+@dataclass
+class WorkerStats:
+    """What this runner did since it started (tests and `JobRunner.stats`)."""
+
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    released: int = 0
+    abandoned: int = 0          # items given up because the store says another runner or a cancel took them
+    jobs_finished: int = 0
+    deliveries: int = 0
+    items_seen: list[tuple[str, int]] = field(default_factory=list)
+
+
+class JobWorker:
+    """Claims work from `store` and runs it: see the module docstring."""
+
+    def __init__(self, store: JobStore, storage: Storage, signer: UrlSigner, call_for: Callable[[AvatarJob], Any],
+                 config: RunnerConfig = RunnerConfig(), gated: bool = True, telemetry: Any = None,
+                 webhook_policy: FetchPolicy | None = None, retry: webhooks.RetryPolicy | None = None,
+                 owner: str | None = None) -> None:
+        env = settings()
+        self.store, self.storage, self.signer, self.call_for = store, storage, signer, call_for
+        self.config, self.gated, self.telemetry = config, gated, telemetry
+        self.webhook_policy = webhook_policy or FetchPolicy(timeout_s=env.webhook_timeout_s, max_bytes=2**20,
+                                                            allow_private=env.webhook_allow_private)
+        self.retry = retry or webhooks.RetryPolicy(env.webhook_retry_base_s, env.webhook_retry_max_s,
+                                                   env.webhook_retry_window_s)
+        self.owner = owner or "runner_" + secrets.token_hex(6)
+        self.inflight: dict[tuple[str, int], asyncio.Task] = {}
+        self.recorded: set[tuple[str, int]] = set()   # in flight, but their outcome is already in the store
+        self.sending: set[asyncio.Task] = set()
+        self.stats = WorkerStats()
+        self._jobs: dict[str, JobRecord] = {}
+        self._wake = asyncio.Event()
+        self._last_renew = self._last_sweep = 0.0
+        self.retry_due = 0.0          # the latest retry this runner scheduled (drain waits for it)
+
+    # ------------------------------------------------------------ the loop
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                busy = await self.step()
+            except Exception:  # noqa: BLE001 - a store hiccup must not end the runner; the next step retries
+                log.exception("runner step failed")
+                busy = False
+            if not busy:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.config.poll_s)
+                except asyncio.TimeoutError:
+                    pass
+                self._wake.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def step(self) -> bool:
+        """One pass: keep leases, start items up to the concurrency limit, finish settled jobs, send due webhooks,
+        sweep expired jobs. True when it started or finished something."""
+        self._reap()
+        await self._renew()
+        busy = await self._claim_items()
+        busy |= await self._finish_jobs()
+        busy |= await self._send_webhooks()
+        await self._sweep()
+        return busy
+
+    async def drain(self, timeout_s: float = 120.0) -> None:
+        """Run until nothing is queued, running or due (tests and the CLI)."""
+        deadline = time.monotonic() + timeout_s
+        idle_rounds = 0
+        while time.monotonic() < deadline:
+            busy = await self.step()
+            if busy or self.inflight or self.sending or self.retry_due > time.time():
+                idle_rounds = 0
+            else:
+                idle_rounds += 1
+                if idle_rounds >= 2:
+                    return
+            await asyncio.sleep(0.02)
+        raise TimeoutError("the runner did not drain in time")
+
+    async def stop(self) -> None:
+        """Abandon the work in flight (its leases expire and another runner takes it): a runner's death."""
+        for task in [*self.inflight.values(), *self.sending]:
+            task.cancel()
+        await asyncio.gather(*self.inflight.values(), *self.sending, return_exceptions=True)
+        self.inflight.clear()
+        self.sending.clear()
+
+    def _reap(self) -> None:
+        for key, task in list(self.inflight.items()):
+            if task.done():
+                del self.inflight[key]
+                self.recorded.discard(key)
+        self.sending = {t for t in self.sending if not t.done()}
+
+    async def _renew(self) -> None:
+        """Keep the leases of running items; stop those the store no longer gives this runner (canceled)."""
+        if not self.inflight or time.monotonic() - self._last_renew < self.config.renew_every_s:
+            return
+        self._last_renew = time.monotonic()
+        running = [key for key in self.inflight if key not in self.recorded]
+        held = await asyncio.to_thread(self.store.renew, self.owner, running, self.config.lease_s)
+        for key in running:
+            task = self.inflight[key]
+            if key not in held:
+                task.cancel()
+                self.stats.abandoned += 1
+
+    # ------------------------------------------------------------ items
+    async def _claim_items(self) -> bool:
+        started = False
+        while len(self.inflight) < self.config.max_concurrency:
+            claimed = await asyncio.to_thread(self.store.claim_item, self.owner, self.config.lease_s,
+                                              self.config.max_attempts)
+            if claimed is None:
+                break
+            item, job_started = claimed
+            self.stats.claimed += 1
+            self.stats.items_seen.append(item.key)
+            job = await self._job(item)
+            if job_started:
+                await asyncio.to_thread(emit, self.store, job, "started", job_view(job))
+            task = asyncio.create_task(self._run_item(job, item))
+            task.add_done_callback(_log_failure)
+            self.inflight[item.key] = task
+            started = True
+        return started
+
+    async def _job(self, item: ItemRecord) -> JobRecord:
+        job = self._jobs.get(item.job_id)
+        if job is None:
+            job = await asyncio.to_thread(self.store.get_job, item.account, item.job_id)
+            if job is None:
+                raise NotFound(f"job {item.job_id} vanished")
+            if len(self._jobs) > 1000:
+                self._jobs.clear()
+            self._jobs[item.job_id] = job
+        return job
+
+    async def _run_item(self, job: JobRecord, item: ItemRecord) -> None:
+        started = time.perf_counter()
+        avatar = self.avatar_job(job, item)
+        try:
+            source = await asyncio.to_thread(self.source, item)
+            done = await orchestrator.generate(avatar, source, self.call_for(avatar), self.gated)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the item fails with the code a single generate would answer
+            await self._item_failed(job, item, avatar, exc, _ms(started))
+            return
+        body = generate_response(self.signer, job.base_url, done, _ms(started)).model_dump(mode="json")
+        outputs = [k for k in (done.avatar_key, done.thumbnail_key) if k]
+        self.recorded.add(item.key)   # from here on the outcome is written, not abandoned (see _renew)
+        if await asyncio.to_thread(self.store.finish_item, self.owner, item, SUCCEEDED, body, None, done.billable,
+                                   outputs):
+            self.stats.completed += 1
+            if self.telemetry is not None:
+                self.telemetry.delivered(done, body["latency_ms"])
+            await self._item_done(job, item)
+
+    async def _item_failed(self, job: JobRecord, item: ItemRecord, avatar: AvatarJob, exc: Exception,
+                           latency_ms: float) -> None:
+        error = as_avatar_error(exc)
+        if error.code in TRANSIENT and item.attempts < self.config.max_attempts:
+            log.warning("item %s/%s: %s; retrying", item.job_id, item.idx, error.code)
+            if await asyncio.to_thread(self.store.release_item, self.owner, item, self.config.retry_delay_s):
+                self.stats.released += 1
+            return
+        body = {**error.to_body(), "request_id": avatar.request_id}
+        self.recorded.add(item.key)
+        if await asyncio.to_thread(self.store.finish_item, self.owner, item, FAILED, None, body, False):
+            self.stats.failed += 1
+            if self.telemetry is not None:
+                avatar.input_quality_score = float(error.extra.get("input_quality_score", 0.0))
+                self.telemetry.refused(avatar, error.code, latency_ms)
+            await self._item_done(job, item)
+
+    async def _item_done(self, job: JobRecord, item: ItemRecord) -> None:
+        if "upload" in item.source:
+            await asyncio.to_thread(self.storage.delete, item.source["upload"])
+        if job.kind == BATCH and "item_completed" in job.webhook_events:
+            items = await asyncio.to_thread(self.store.items, job.account, job.job_id, item.idx, 1)
+            if items:
+                await asyncio.to_thread(emit, self.store, job, "item_completed",
+                                        {"job_id": job.job_id, "item": item_view(items[0])})
+
+    @staticmethod
+    def avatar_job(job: JobRecord, item: ItemRecord) -> AvatarJob:
+        p = job.params
+        template = p.get("template")
+        if template and template.get("border_color") is not None:
+            template = {**template, "border_color": tuple(template["border_color"])}
+        return AvatarJob(request_id=item.request_id, style=p["style"], platform=p["platform"], size=p["size"],
+                         intensity=p["intensity"], palette=p.get("palette"), background=p.get("background"),
+                         template=OutputTemplate(**template) if template else None, account=job.account,
+                         match_lighting=bool(p.get("match_lighting")))
+
+    def source(self, item: ItemRecord) -> PhotoInput:
+        src = item.source
+        if "error" in src:   # refused when the batch was accepted (e.g. not base64): the item fails with it
+            e = src["error"]["error"]
+            raise InvalidRequest(e["message"], field=e.get("field"), code=e["code"])
+        cache = bool(src.get("cache"))
+        if "upload" in src:
+            return PhotoInput(data=self.storage.get(src["upload"]), field="image", cache=cache)
+        if "image" in src:
+            return PhotoInput(data=b64decode_image(src["image"]), field="image", cache=cache)
+        if "url" in src:
+            return PhotoInput(url=src["url"], field="image_url", cache=cache)
+        return PhotoInput(input_id=src["input_id"], field="input_id")
+
+    # ------------------------------------------------------------ jobs
+    async def _finish_jobs(self) -> bool:
+        finished = False
+        if any(not task.done() for task in self.inflight.values()):
+            return False   # an item of this runner is still recording its outcome and events: finish after it
+        while True:
+            job = await asyncio.to_thread(self.store.claim_settled_job, self.owner, self.config.lease_s)
+            if job is None:
+                return finished
+            items = await asyncio.to_thread(self.store.items, job.account, job.job_id, 0, 1_000_000)
+            if job.kind == BATCH:
+                state, output, error = await asyncio.to_thread(self.batch_outputs, job, items)
+            else:
+                one = items[0]
+                state, output, error = (SUCCEEDED, one.result, None) if one.state == SUCCEEDED else \
+                    (FAILED, None, one.error)
+            if await asyncio.to_thread(self.store.complete_job, self.owner, job.job_id, state, output, error):
+                self.stats.jobs_finished += 1
+                self._jobs.pop(job.job_id, None)
+                done = await asyncio.to_thread(self.store.get_job, job.account, job.job_id)
+                if done is not None:
+                    event = "completed" if state == SUCCEEDED else "failed"
+                    await asyncio.to_thread(emit, self.store, done, event, job_view(done))
+            finished = True
+
+    def batch_outputs(self, job: JobRecord, items: list[ItemRecord]) -> tuple[str, dict | None, dict | None]:
+        """The batch's results JSON, ZIP and contact sheet, stored and signed; failed items are listed, not billed."""
+        members = []
+        for item in items:
+            png = None
+            if item.state == SUCCEEDED and item.outputs:
+                try:
+                    png = self.storage.get(item.outputs[0])
+                except NotFound:
+                    png = None
+            code = (item.error or {}).get("error", {}).get("code") if item.state != SUCCEEDED else None
+            members.append(Member(item.external_id or str(item.idx), png, code or (None if png else "missing")))
+        prefix = f"{BATCHES_PREFIX}/{job.job_id}"
+        results = {"job_id": job.job_id, "params": _public_params(job.params),
+                   "items": [item_view(i) for i in items]}
+        self.storage.put(f"{prefix}/results.json", json.dumps(results).encode())
+        self.storage.put(f"{prefix}/avatars.zip", avatars_zip(members))
+        self.storage.put(f"{prefix}/contact_sheet.png",
+                         contact_sheet(members, tile=self.config.contact_sheet_tile,
+                                       title=f"{job.params.get('style')} - {job.params.get('platform')}"))
+        urls = {name: self.signer.sign(job.base_url, f"{prefix}/{file}")
+                for name, file in (("results_url", "results.json"), ("zip_url", "avatars.zip"),
+                                   ("contact_sheet_url", "contact_sheet.png"))}
+        succeeded = sum(i.state == SUCCEEDED for i in items)
+        failed = sum(i.state == FAILED for i in items)
+        output = {**{k: v[0] for k, v in urls.items()},
+                  "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(urls["zip_url"][1])),
+                  "succeeded": succeeded, "failed": failed, "billable": sum(i.billable for i in items)}
+        if succeeded:
+            return SUCCEEDED, output, None
+        error = {"error": {"code": "all_items_failed", "message": "no member of the batch got an avatar; see "
+                                                                 "each item's error", "field": "items"}}
+        return FAILED, output, error
+
+    # ------------------------------------------------------------ webhooks
+    async def _send_webhooks(self) -> bool:
+        sent = False
+        while len(self.sending) < self.config.delivery_concurrency:
+            delivery = await asyncio.to_thread(self.store.claim_delivery, self.owner,
+                                               self.webhook_policy.timeout_s + 30)
+            if delivery is None:
+                break
+            task = asyncio.create_task(asyncio.to_thread(self.deliver, delivery))
+            self.sending.add(task)
+            sent = True
+        return sent
+
+    def deliver(self, delivery) -> dict[str, Any]:
+        """One attempt at one message, signed with the account's secrets in force; schedules the next on failure."""
+        secrets_in_force = self.store.webhook_secrets(delivery.account)
+        headers = webhooks.sign(secrets_in_force, delivery.delivery_id, time.time(), delivery.payload)
+        record = webhooks.attempt(delivery.url, delivery.payload, headers, self.webhook_policy)
+        self.stats.deliveries += 1
+        if webhooks.succeeded(record):
+            self.store.record_attempt(self.owner, delivery.delivery_id, record, None, DELIVERED)
+        else:
+            next_at = self.retry.next_at(delivery.created_at, len(delivery.attempts) + 1)
+            self.retry_due = max(self.retry_due, next_at or 0.0)
+            self.store.record_attempt(self.owner, delivery.delivery_id, record, next_at,
+                                      PENDING if next_at is not None else GAVE_UP)
+        return record
+
+    # ------------------------------------------------------------ expiry
+    async def _sweep(self) -> None:
+        if time.monotonic() - self._last_sweep < self.config.sweep_every_s:
+            return
+        self._last_sweep = time.monotonic()
+        removed = await asyncio.to_thread(self.store.sweep)
+        for job, items in removed:
+            await asyncio.to_thread(self.delete_outputs, job, items)
+
+    def delete_outputs(self, job: JobRecord, items: list[ItemRecord]) -> None:
+        """An expired job's avatars, uploads and batch files."""
+        for item in items:
+            for key in item.outputs + ([item.source["upload"]] if "upload" in item.source else []):
+                self.storage.delete(key)
+        for key in self.storage.list(f"{BATCHES_PREFIX}/{job.job_id}"):
+            self.storage.delete(key)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("job item task failed: %r", task.exception(), exc_info=task.exception())
+
+
+def _public_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: params.get(k) for k in ("style", "platform", "palette", "background", "size", "template",
+                                       "match_lighting")}
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
+# ---------------------------------------------------------------- the Serve deployment
+@serve.deployment(name=RUNNER, num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=16)
+class JobRunner:
+    """A `JobWorker` over the stage handles, started with the replica and restarted with it. Several replicas may
+    run side by side: the store's leases keep them from running one item twice."""
+
+    def __init__(self, **stages: Any) -> None:
+        from service.replicas import stage_call
+        from service.telemetry import Telemetry
+        env = settings()
+        self.stages = {Stage(name): handle for name, handle in stages.items() if handle is not None}
+        self.config = RunnerConfig()
+        self.worker = JobWorker(open_job_store(env.resolved_jobs_uri), Storage(env.resolved_storage_uri),
+                                UrlSigner(env.url_signing_key(), env.url_ttl_s),
+                                lambda job: stage_call(self.stages, job), self.config,
+                                gated=Stage.QUALITY_GATE in self.stages,
+                                telemetry=Telemetry(env.resolved_usage_uri))
+        self._task: asyncio.Task | None = None
+
+    async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        self.config = runner_config(user_config)
+        self.worker.config = self.config
+        self._start()
+
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.worker.run_forever())
+
+    async def wake(self) -> None:
+        self._start()
+        self.worker.wake()
+
+    async def stats(self) -> dict[str, Any]:
+        s = self.worker.stats
+        return {"owner": self.worker.owner, "claimed": s.claimed, "completed": s.completed, "failed": s.failed,
+                "released": s.released, "abandoned": s.abandoned, "jobs_finished": s.jobs_finished,
+                "deliveries": s.deliveries, "inflight": len(self.worker.inflight)}
+
+    async def check_health(self) -> None:
+        self._start()
+        if self._task is not None and self._task.done() and self._task.exception() is not None:
+            raise RuntimeError(f"job loop ended: {self._task.exception()!r}")
+
+    def __del__(self) -> None:
+        telemetry = getattr(getattr(self, "worker", None), "telemetry", None)
+        if telemetry is not None:
+            telemetry.close()
+
+
+__all__ = ["JobRunner", "JobWorker", "emit", "upload_key"]

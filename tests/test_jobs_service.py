@@ -1,0 +1,123 @@
+"""Jobs and batches on the real Serve graph (one local app for the module): an asynchronous generate goes through the
+JobRunner deployment and the same stage replicas as a synchronous one, with a signed webhook; killing the runner's
+replica mid-batch and letting Serve replace it resumes the batch with nothing lost or doubled."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import socket
+import tempfile
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.webhook_receiver import Receiver
+
+pytestmark = [pytest.mark.serve, pytest.mark.timeout(900)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service():
+    import ray
+    from ray import serve
+
+    from avatar.store.accounts import open_account_store
+    from service.launcher import deploy, init_local_ray
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    data = tempfile.mkdtemp(prefix="avatar-jobs-")
+    saved = dict(os.environ)
+    os.environ.update({"AVATAR_DATA_DIR": data, "AVATAR_SIGNING_SECRET": "test-secret",
+                       "AVATAR_WEBHOOK_ALLOW_PRIVATE": "true"})
+    _, key = open_account_store().create_account("acme")
+    init_local_ray(num_cpus=2, temp_dir=temp)
+    port = _free_port()
+    try:
+        deploy(profile="cpu", port=port, overrides={
+            "AvatarIngress": {"usage_flush_interval_s": 0},
+            "JobRunner": {"lease_s": 4, "renew_every_s": 0.5, "poll_s": 0.2, "max_concurrency": 2}})
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
+                          headers={"Authorization": f"Bearer {key}"}) as client:
+            yield client
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _b64(image) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=92)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _wait(client, url, done=lambda job: job["state"] in ("succeeded", "failed", "canceled"), timeout_s=300):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        job = client.get(url).json()
+        if done(job):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job not done in time: {job}")
+
+
+def test_async_generate_on_the_serve_graph(service, astronaut):
+    secret = service.get("/v1/webhooks/secret").json()["secret"]
+    with Receiver(secret) as receiver:
+        accepted = service.post("/v1/avatar/generate", headers={"Prefer": "respond-async"},
+                                json={"image": _b64(astronaut), "platform": "discord", "webhook_url": receiver.url})
+        assert accepted.status_code == 202, accepted.text
+        job = _wait(service, accepted.json()["status_url"])
+        deadline = time.time() + 30
+        while not receiver.received and time.time() < deadline:
+            time.sleep(0.2)
+    assert job["state"] == "succeeded" and job["output"]["style"] == "anime_character"
+    assert Image.open(io.BytesIO(service.get(job["output"]["avatar_url"]).content)).size == (800, 800)
+    assert receiver.events() == ["job.completed"]
+    assert receiver.payloads()[0]["data"]["output"]["request_id"] == job["output"]["request_id"]
+
+
+def test_a_batch_survives_the_runner_replica_being_killed(service, astronaut):
+    import ray
+
+    from avatar.store.jobs import open_job_store
+    items = [{"external_id": f"emp-{i}", "image": _b64(astronaut)} for i in range(4)]
+    accepted = service.post("/v1/batches", json={"items": items, "platform": "linkedin", "palette": "navy"})
+    assert accepted.status_code == 202, accepted.text
+    url = accepted.json()["status_url"]
+    _wait(service, url, done=lambda job: job["progress"]["succeeded"] >= 1)
+    before = {i["index"]: i["result"] for i in service.get(f"{url}/items").json()["items"]
+              if i["state"] == "succeeded"}
+    [runner] = [a for a in ray.util.list_named_actors(all_namespaces=True) if "JobRunner" in a["name"]]
+    ray.kill(ray.get_actor(runner["name"], namespace=runner["namespace"]), no_restart=True)   # Serve replaces it
+    job = _wait(service, url)
+    assert job["state"] == "succeeded" and job["progress"]["succeeded"] == 4 and job["progress"]["failed"] == 0
+    after = {i["index"]: i["result"] for i in service.get(f"{url}/items").json()["items"]}
+    assert {k: after[k] for k in before} == before            # finished before the kill: kept, not redone
+    assert len({r["request_id"] for r in after.values()}) == 4
+    store = open_job_store()
+    stored = store.items(store.get_job(job_id=job["job_id"], account=_account(store, job["job_id"])).account,
+                         job["job_id"])
+    assert all(i.attempts == 1 for i in stored if i.idx in before)
+    assert all(i.state == "succeeded" for i in stored)
+    zipped = service.get(job["output"]["zip_url"])
+    assert zipped.status_code == 200 and zipped.content[:2] == b"PK"
+
+
+def _account(store, job_id: str) -> str:
+    import sqlite3
+    with sqlite3.connect(store.path) as db:
+        return db.execute("SELECT account FROM jobs WHERE job_id=?", (job_id,)).fetchone()[0]
