@@ -30,8 +30,8 @@ class Settings(BaseSettings):
     secrets_dir: Path | None = Field(None, description="A directory of secret files shared by every node (a mounted "
                                                        "Kubernetes Secret): one file per setting, named like the "
                                                        "variable in lower case, e.g. avatar_signing_secret.")
-    jobs_uri: str = Field("", description="Job store of asynchronous generations and batches, e.g. sqlite:////abs/path "
-                                          "(default sqlite in <data_dir>/jobs.sqlite3).")
+    jobs_uri: str = Field("", description="Job store of asynchronous generations and batches (default: "
+                                          "AVATAR_DATABASE_URL when set, else sqlite in <data_dir>/jobs.sqlite3).")
     job_ttl_s: int = Field(24 * 3600, gt=0, description="How long a finished job, its outputs and idempotency "
                                                         "records are kept.")
     webhook_allow_private: bool = Field(False, description="Let webhook_url reach loopback and private addresses "
@@ -96,6 +96,8 @@ class Settings(BaseSettings):
         shared = []
         if not self.resolved_database_url.startswith("sqlite:"):
             shared.append("AVATAR_DATABASE_URL")
+        if self.jobs_uri and not self.jobs_uri.startswith("sqlite:"):
+            shared.append("AVATAR_JOBS_URI")
         for name, uri in (("AVATAR_STORAGE_URI", self.storage_uri), ("AVATAR_USAGE_URI", self.usage_uri)):
             if "://" in uri and not uri.startswith("file://"):
                 shared.append(name)
@@ -103,7 +105,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_jobs_uri(self) -> str:
-        return self.jobs_uri or f"sqlite:///{self.data_path / 'jobs.sqlite3'}"
+        return self.jobs_uri or self.database_url or f"sqlite:///{self.data_path / 'jobs.sqlite3'}"
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -117,6 +117,30 @@ class Billing:
         self._note(request, charge)
         return charge
 
+    async def job_terms(self, request: Request, account: str, style: str, platform: str,
+                        external_ids: list[str | None]) -> dict[str, Any] | None:
+        """The credit terms a job's items are charged on when they run (fixed when the job is accepted), or None
+        when credits are off. 402 before the job is accepted when the balance cannot cover every item that no
+        active seat covers (each item still holds its own price when it runs, so concurrent jobs never overdraw)."""
+        if not self.config.credits:
+            return None
+        plan = await asyncio.to_thread(self.plan, account)
+        price = plan.cost(style, is_style_token(style))
+        seated = {s.external_id for s in await asyncio.to_thread(self.ledger.seats, account)}
+        needed = 0
+        for external_id in external_ids:
+            if plan.seat_credits is not None and external_id:
+                needed += 0 if external_id in seated else plan.seat_credits
+            else:
+                needed += price
+        balance = await asyncio.to_thread(self.ledger.balance, account)
+        if balance < needed:
+            request.state.credits = _Refused(balance)
+            raise InsufficientCredits(f"this job costs up to {needed} credits and the account has {balance}",
+                                      field="credits", extra={"credits_required": needed,
+                                                              "credits_remaining": balance})
+        return {"price": price, "seat_price": plan.seat_credits, "seat_s": plan.seat_s}
+
     async def settle(self, request: Request | None, charge: Charge | None, billable: bool) -> Charge | None:
         if charge is None:
             return None

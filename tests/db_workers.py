@@ -33,3 +33,14 @@ def take(args: tuple[str, int]) -> int:
     url, n = args
     limiter = RateLimiter(open_database(url))
     return sum(limiter.take("acct:shared", rate_per_s=0.001, capacity=25).allowed for _ in range(n))
+
+
+def claim_all(args: tuple[str, str]) -> list[tuple[str, int]]:
+    """One runner (a replica on some node): claims items until none is left; returns what it claimed."""
+    from avatar.store.jobs import open_job_store
+    url, owner = args
+    store = open_job_store(url)
+    claimed = []
+    while (got := store.claim_item(owner, 60)) is not None:
+        claimed.append(got[0].key)
+    return claimed

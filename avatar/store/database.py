@@ -61,6 +61,12 @@ class Tx:
         """Suffix of a SELECT whose rows this transaction will change (SQLite holds the whole-file lock already)."""
         return " FOR UPDATE" if self.dialect == POSTGRES else ""
 
+    def serialize(self, name: str) -> None:
+        """Hold `name`'s lock until this transaction ends, so check-then-write sections of every process run one at a
+        time (SQLite's write transaction holds the whole file already; PostgreSQL takes an advisory lock)."""
+        if self.dialect == POSTGRES:
+            self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))
+
     def now(self) -> float:
         """The database server's clock, epoch seconds (SQLite: this machine's)."""
         if self.dialect == POSTGRES:

@@ -5,8 +5,8 @@ A step is never edited once released: a change is a new step. Steps are written 
 (TEXT, BIGINT, DOUBLE PRECISION, BOOLEAN; no engine-specific defaults). Written by hand because the schema is small
 and two engines share it: Alembic would bring SQLAlchemy for a dozen tables.
 
-Step 1 uses `IF NOT EXISTS` with the columns the account file had before versioning, so an existing
-`accounts.sqlite3` adopts the versioned schema in place.
+Steps 1 and 3 use `IF NOT EXISTS` with the columns the account and job files had before versioning, so an existing
+`accounts.sqlite3` or `jobs.sqlite3` adopts the versioned schema in place.
 """
 
 from __future__ import annotations
@@ -63,6 +63,34 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX feedback_by_time ON feedback(created_at)",
         "CREATE TABLE rate_buckets (bucket TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL, "
         "updated_at DOUBLE PRECISION NOT NULL)",
+    )),
+    Migration(3, "jobs, batch items, webhook deliveries and secrets, idempotency records", (
+        "CREATE TABLE IF NOT EXISTS jobs ( job_id TEXT PRIMARY KEY, account TEXT NOT NULL, kind TEXT NOT "
+        "NULL, state TEXT NOT NULL, params TEXT NOT NULL, base_url TEXT NOT NULL, webhook_url TEXT, "
+        "webhook_events TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, started_at DOUBLE PRECISION, "
+        "finished_at DOUBLE PRECISION, expires_at DOUBLE PRECISION, ttl_s DOUBLE PRECISION NOT NULL, output "
+        "TEXT, error TEXT, owner TEXT, lease_until DOUBLE PRECISION)",
+        "CREATE INDEX IF NOT EXISTS jobs_by_account ON jobs(account, created_at)",
+        "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state)",
+        "CREATE TABLE IF NOT EXISTS items ( job_id TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE, "
+        "idx BIGINT NOT NULL, external_id TEXT, source TEXT NOT NULL, request_id TEXT NOT NULL, state TEXT "
+        "NOT NULL, attempts BIGINT NOT NULL DEFAULT 0, owner TEXT, lease_until DOUBLE PRECISION, not_before "
+        "DOUBLE PRECISION NOT NULL DEFAULT 0, result TEXT, error TEXT, billable BIGINT NOT NULL DEFAULT 0, "
+        "started_at DOUBLE PRECISION, finished_at DOUBLE PRECISION, outputs TEXT, PRIMARY KEY (job_id, idx))",
+        "CREATE INDEX IF NOT EXISTS items_by_state ON items(state, not_before)",
+        "CREATE TABLE IF NOT EXISTS deliveries ( delivery_id TEXT PRIMARY KEY, job_id TEXT NOT NULL "
+        "REFERENCES jobs(job_id) ON DELETE CASCADE, event TEXT NOT NULL, url TEXT NOT NULL, payload TEXT NOT "
+        "NULL, state TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, next_at DOUBLE PRECISION NOT NULL, "
+        "owner TEXT, lease_until DOUBLE PRECISION)",
+        "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_at)",
+        "CREATE TABLE IF NOT EXISTS delivery_attempts ( delivery_id TEXT NOT NULL REFERENCES "
+        "deliveries(delivery_id) ON DELETE CASCADE, n BIGINT NOT NULL, at DOUBLE PRECISION NOT NULL, "
+        "status_code BIGINT, error TEXT, duration_ms DOUBLE PRECISION, PRIMARY KEY (delivery_id, n))",
+        "CREATE TABLE IF NOT EXISTS webhook_secrets ( account TEXT PRIMARY KEY, secret TEXT NOT NULL, "
+        "created_at DOUBLE PRECISION NOT NULL, previous TEXT, previous_until DOUBLE PRECISION)",
+        "CREATE TABLE IF NOT EXISTS idempotency ( scope TEXT NOT NULL, route TEXT NOT NULL, key TEXT NOT "
+        "NULL, fingerprint TEXT NOT NULL, status_code BIGINT, response TEXT, created_at DOUBLE PRECISION NOT "
+        "NULL, expires_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (scope, route, key))",
     )),
 )
 
