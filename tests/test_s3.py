@@ -123,3 +123,23 @@ def test_usage_files_written_before_new_columns_still_read(tmp_path):
     pq.write_table(pa.Table.from_pylist([row], schema=old), folder / "part-old.parquet")
     rows = read_usage(str(tmp_path), account="acc_a").to_pylist()
     assert len(rows) == 1 and rows[0]["credits"] is None and rows[0]["request_id"] == "req_001"
+
+
+def test_batch_zip_and_contact_sheet_on_s3(storage):
+    """What the job runner writes when a batch finishes (`batches/<job>/...`), through the same Storage calls."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from avatar.deliverables import Member, avatars_zip, contact_sheet
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(buf, format="PNG")
+    members = [Member("emp-001", buf.getvalue()), Member("emp-002", None, "no_face_detected")]
+    storage.put("batches/job_1/avatars.zip", avatars_zip(members))
+    storage.put("batches/job_1/contact_sheet.png", contact_sheet(members, tile=64))
+    with zipfile.ZipFile(io.BytesIO(storage.get("batches/job_1/avatars.zip"))) as archive:
+        assert archive.namelist() == ["emp-001.png"] and archive.read("emp-001.png") == buf.getvalue()
+    sheet = Image.open(io.BytesIO(storage.get("batches/job_1/contact_sheet.png")))
+    assert sheet.width >= 128 and storage.list("batches/job_1") == ["batches/job_1/avatars.zip",
+                                                                   "batches/job_1/contact_sheet.png"]
