@@ -52,6 +52,8 @@ class RunnerConfig(BaseModel):
     delivery_concurrency: int = Field(4, ge=1)
     sweep_every_s: float = Field(300.0, gt=0, description="how often expired jobs and outputs are deleted")
     contact_sheet_tile: int = Field(200, ge=48, le=800)
+    usage_flush_interval_s: float = Field(30.0, ge=0, description="the runner's usage rows reach the log at least "
+                                                                  "this often")
 
 
 def runner_config(raw: dict[str, Any] | None) -> RunnerConfig:

@@ -444,6 +444,7 @@ class JobRunner:
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         self.config = runner_config(user_config)
         self.worker.config = self.config
+        self.worker.telemetry.flush_interval_s = self.config.usage_flush_interval_s
         self._start()
 
     def _start(self) -> None:
@@ -455,8 +456,10 @@ class JobRunner:
         self.worker.wake()
 
     async def stats(self) -> dict[str, Any]:
+        from service.replicas import replica_location
         s = self.worker.stats
-        return {"owner": self.worker.owner, "claimed": s.claimed, "completed": s.completed, "failed": s.failed,
+        return {"owner": self.worker.owner, "node_id": replica_location()["node_id"], "claimed": s.claimed,
+                "completed": s.completed, "failed": s.failed,
                 "released": s.released, "abandoned": s.abandoned, "jobs_finished": s.jobs_finished,
                 "deliveries": s.deliveries, "inflight": len(self.worker.inflight)}
 

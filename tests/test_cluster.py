@@ -38,12 +38,14 @@ def cluster_options() -> dict[str, dict]:
     QualityGate on the accelerator node first."""
     from service.config import app_config, apply_cpu_profile, deployment_options, load_config
     app = app_config(apply_cpu_profile(load_config(), cpus_per_replica=0.1))
-    options = deployment_options(app, overrides={"AvatarIngress": {
-        "usage_flush_interval_s": 0, "accounts": {"credits": True}}})
+    options = deployment_options(app, overrides={
+        "AvatarIngress": {"usage_flush_interval_s": 0, "accounts": {"credits": True}},
+        "JobRunner": {"usage_flush_interval_s": 0, "lease_s": 8, "renew_every_s": 1, "max_concurrency": 2}})
     for name, opts in options.items():
         opts.pop("autoscaling_config", None)
         opts["num_replicas"] = 1
     options["AvatarIngress"].update(num_replicas=2, max_replicas_per_node=1)
+    options["JobRunner"].update(num_replicas=2, max_replicas_per_node=1)
     for name in ("StyleApply", "QualityGate"):
         options[name]["ray_actor_options"].update(ON_WORKER_FIRST)
     return options
@@ -164,6 +166,36 @@ def count(summary: dict, name: str) -> int:
     return summary["counts"].get(name, 0)
 
 
+def runners(seen: int = 2, tries: int = 40) -> dict[str, dict]:
+    """Each JobRunner replica's stats, by owner: asks until `seen` replicas answered."""
+    from ray import serve
+    handle, found = serve.get_deployment_handle("JobRunner", "avatar"), {}
+    for _ in range(tries):
+        stats = handle.stats.remote().result(timeout_s=60)
+        found[stats["owner"]] = stats
+        if len(found) >= seen:
+            break
+    return found
+
+
+def batch(client: httpx.Client, key: str, astronaut, n: int) -> dict:
+    items = [{"external_id": f"emp-{i:03d}", "image": photo(astronaut)} for i in range(n)]
+    response = client.post("/v1/batches", json={"items": items, "platform": "slack"},
+                           headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def finished(client: httpx.Client, key: str, job: dict, timeout_s: float = 600) -> tuple[dict, list[dict]]:
+    headers, deadline = {"Authorization": f"Bearer {key}"}, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = client.get(job["status_url"], headers=headers).json()
+        if status["state"] in ("succeeded", "failed", "canceled"):
+            return status, client.get(f"{job['status_url']}/items", headers=headers).json()["items"]
+        time.sleep(1)
+    pytest.fail(f"batch {job['job_id']} did not finish in {timeout_s} s")
+
+
 def photo(astronaut) -> str:
     buf = io.BytesIO()
     Image.fromarray(astronaut).resize((400, 400)).save(buf, format="JPEG", quality=90)
@@ -237,21 +269,32 @@ def test_a_style_trained_on_the_head_is_applied_on_the_worker(cluster, astronaut
     assert f"{cluster['account']}/{token}" in loads and where("StyleApply") == cluster["worker_id"]
 
 
+def test_a_batch_spreads_over_both_nodes(cluster, astronaut):
+    job = batch(cluster["client"], cluster["key"], astronaut, 6)
+    status, items = finished(cluster["client"], cluster["key"], job)
+    assert status["state"] == "succeeded" and [i["state"] for i in items] == ["succeeded"] * 6
+    cluster["delivered"] += [i["result"]["request_id"] for i in items]
+    done = runners()
+    assert {r["node_id"] for r in done.values()} == {cluster["head_id"], cluster["worker_id"]}
+    assert all(r["completed"] >= 1 for r in done.values()), done       # each node's runner ran some items
+
+
 def test_the_usage_log_holds_each_delivered_avatar_once(cluster):
     from avatar.store.usage import read_usage
     rows = read_usage(cluster["usage_uri"], account=cluster["account"], outcome="delivered").to_pylist()
     ids = [r["request_id"] for r in rows]
     assert sorted(ids) == sorted(cluster["delivered"])
-    assert [r["credits"] for r in sorted(rows, key=lambda r: r["created_at"])] == [1, 2]
+    assert sorted(r["credits"] for r in rows) == [1] * 7 + [2]          # a custom style costs 2
     for root in cluster["roots"]:                                        # nothing reached a node's own disk
         assert not (root / "usage").exists() and not (root / "storage").exists()
         assert not list(root.glob("*.sqlite3")) and not (root / "signing.key").exists()
 
 
 def test_after_the_worker_node_dies_the_stages_come_back_on_the_head(cluster, astronaut):
-    """The worker dies while requests are in flight: each request answers (a JSON 5xx for those it cut off, never a
-    hang); the stages come back on the head; every delivered avatar is charged and logged once, and no refused or
-    cut-off request keeps a charge (holds of requests whose ingress replica died are given back by the sweep)."""
+    """The worker dies while a batch and requests are in flight: each request answers (a JSON 5xx for those it cut
+    off, never a hang); the stages come back on the head; the head's runner takes over the dead runner's items and
+    every item completes once; every delivered avatar is charged and logged once, and no refused or cut-off request
+    keeps a charge (holds of requests whose ingress replica died are given back by the sweep)."""
     import threading
 
     from avatar.store.credits import HELD, Ledger
@@ -266,10 +309,11 @@ def test_after_the_worker_node_dies_the_stages_come_back_on_the_head(cluster, as
         with httpx.Client(base_url=str(client.base_url), timeout=180) as own:
             for _ in range(n):
                 answers.append(own.post("/v1/avatar/generate", json={"image": photo(astronaut)}, headers=headers))
+    job = batch(client, cluster["key"], astronaut, 6)                    # a batch in flight on both runners
     senders = [threading.Thread(target=send, args=(2,)) for _ in range(3)]
     for t in senders:
         t.start()
-    time.sleep(1.0)
+    time.sleep(3.0)
     cluster["cluster"].remove_node(cluster["worker"])
     for t in senders:
         t.join(timeout=600)
@@ -283,7 +327,10 @@ def test_after_the_worker_node_dies_the_stages_come_back_on_the_head(cluster, as
     assert all(a.status_code in (200, 500, 503, 504) for a in answers), [a.text for a in answers]
     assert where("StyleApply") == where("QualityGate") == cluster["head_id"]
 
+    status, items = finished(client, cluster["key"], job)                # the head's runner takes over
+    assert status["state"] == "succeeded" and [i["state"] for i in items] == ["succeeded"] * 6
     delivered = [a.json()["request_id"] for a in answers if a.status_code == 200]
+    delivered += [i["result"]["request_id"] for i in items]
     cut_off = [a for a in answers if a.status_code != 200]
     assert all(a.headers.get("X-Credits-Charged", "0") == "0" for a in cut_off)
     ledger.release_stale(max_age_s=0)          # what the sweep does for holds whose ingress replica died
