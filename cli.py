@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from avatar.errors import AvatarError, InvalidRequest
+from avatar.settings import SharedSecretMissing
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -45,6 +46,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from avatar.settings import settings
+    settings().check_shared_secrets()   # before Ray starts: a per-node secret must not reach a shared store
     from service.launcher import serve_forever
     serve_forever(args.host, args.port, args.profile, args.config, args.dashboard)
     return 0
@@ -52,14 +55,74 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _accounts_uri() -> str:
     from avatar.settings import settings
-    return settings().resolved_accounts_uri
+    return settings().resolved_database_url
 
 
 def _cmd_accounts(args: argparse.Namespace) -> int:
     from avatar.store.accounts import open_account_store
-    account_id, api_key = open_account_store(_accounts_uri()).create_account(args.name)
-    print(json.dumps({"account_id": account_id, "name": args.name, "api_key": api_key}, indent=2))
+    account_id, api_key = open_account_store(_accounts_uri()).create_account(args.name, plan=args.plan)
+    print(json.dumps({"account_id": account_id, "name": args.name, "plan": args.plan, "api_key": api_key}, indent=2))
     print("the API key is shown only this once; store it now", file=sys.stderr)
+    return 0
+
+
+def _account(account_id: str):
+    """The account store and the account; InvalidRequest (exit 2) when there is no such account."""
+    from avatar.store.accounts import open_account_store
+    store = open_account_store(_accounts_uri())
+    account = store.get_account(account_id)
+    if account is None:
+        raise InvalidRequest(f"no account {account_id!r}", field="account", code="account_not_found")
+    return store, account
+
+
+def _ledger():
+    from avatar.store.credits import Ledger
+    from avatar.store.database import open_database
+    return Ledger(open_database(_accounts_uri()))
+
+
+def _cmd_accounts_credit(args: argparse.Namespace) -> int:
+    """Add credits (a purchase) or take some back (a negative correction, never below zero)."""
+    _account(args.account)
+    balance = _ledger().grant(args.account, args.amount, args.note or "")
+    print(json.dumps({"account_id": args.account, "granted": args.amount, "balance": balance}, indent=2))
+    return 0
+
+
+def _cmd_accounts_show(args: argparse.Namespace) -> int:
+    _, account = _account(args.account)
+    ledger = _ledger()
+    print(json.dumps({"account_id": account.account_id, "name": account.name, "plan": account.plan or "(default)",
+                      "created_at": account.created_at, "balance": ledger.balance(account.account_id),
+                      "active_seats": len(ledger.seats(account.account_id)),
+                      "recent_grants": ledger.grants(account.account_id, limit=10)}, indent=2))
+    return 0
+
+
+def _cmd_accounts_seats(args: argparse.Namespace) -> int:
+    _account(args.account)
+    seats = _ledger().seats(args.account, active_only=not args.all)
+    print(json.dumps({"account_id": args.account, "seats": [
+        {"external_id": s.external_id, "opened_at": s.opened_at, "expires_at": s.expires_at,
+         "request_id": s.request_id} for s in seats]}, indent=2))
+    return 0
+
+
+def _cmd_accounts_plan(args: argparse.Namespace) -> int:
+    store, _ = _account(args.account)
+    store.set_plan(args.account, None if args.plan == "default" else args.plan)
+    print(json.dumps({"account_id": args.account, "plan": args.plan}, indent=2))
+    return 0
+
+
+def _cmd_db_migrate(args: argparse.Namespace) -> int:
+    """Apply the schema steps the database lacks (the service also does this when it starts)."""
+    from avatar.store.database import open_database, redact
+    from avatar.store.migrations import current_version
+    db = open_database(_accounts_uri(), migrate=False)
+    applied = db.migrate()
+    print(json.dumps({"database": redact(db.url), "applied": applied, "version": current_version(db)}, indent=2))
     return 0
 
 
@@ -205,7 +268,29 @@ def build_parser() -> argparse.ArgumentParser:
     accounts_sub = accounts.add_subparsers(dest="action", required=True)
     create = accounts_sub.add_parser("create", help="create an account; prints its id and API key (shown once)")
     create.add_argument("name")
+    create.add_argument("--plan", default=None, help="a plan of the ingress config (default: its default_plan)")
     create.set_defaults(func=_cmd_accounts)
+    credit = accounts_sub.add_parser("credit", help="add credits to an account (negative: a correction)")
+    credit.add_argument("account")
+    credit.add_argument("amount", type=int)
+    credit.add_argument("--note", default="", help="why (an invoice number); kept with the grant")
+    credit.set_defaults(func=_cmd_accounts_credit)
+    show = accounts_sub.add_parser("show", help="an account's plan, balance, seats and recent grants")
+    show.add_argument("account")
+    show.set_defaults(func=_cmd_accounts_show)
+    seats = accounts_sub.add_parser("seats", help="an account's team seats (external ids covered for a period)")
+    seats.add_argument("account")
+    seats.add_argument("--all", action="store_true", help="expired seats too")
+    seats.set_defaults(func=_cmd_accounts_seats)
+    plan = accounts_sub.add_parser("plan", help="move an account to a plan ('default': the config's default_plan)")
+    plan.add_argument("account")
+    plan.add_argument("plan")
+    plan.set_defaults(func=_cmd_accounts_plan)
+
+    database = sub.add_parser("db", help="the service's database (AVATAR_DATABASE_URL)")
+    database_sub = database.add_subparsers(dest="action", required=True)
+    migrate = database_sub.add_parser("migrate", help="apply missing schema migrations")
+    migrate.set_defaults(func=_cmd_db_migrate)
 
     styles = sub.add_parser("styles", help="custom styles: train a token from example images, list an account's")
     styles_sub = styles.add_subparsers(dest="action", required=True)
@@ -255,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except AvatarError as exc:
         print(json.dumps(exc.to_body()), file=sys.stderr)
+        return 2
+    except SharedSecretMissing as exc:
+        print(f"avatar: {exc}", file=sys.stderr)
         return 2
 
 

@@ -45,6 +45,8 @@ class GenerateRequest(BaseModel):
                                                      "transparent (an RGBA PNG with the person's alpha matte).")
     resolution: Literal["standard", "high"] = Field("standard", description="standard: 800x800, high: 1200x1200.")
     style_intensity: float | None = Field(None, ge=0.0, le=1.0, description="0..1; default per style.")
+    external_id: str | None = Field(None, min_length=1, max_length=200, description="The caller's id of the person "
+                                    "(e.g. employee id): on a team plan, one seat covers its avatars for a period.")
     shape: str = Field("square", description="square, circle or rounded (a rounded square); outside the shape the "
                                              "PNG is transparent. The thumbnail follows the same template.")
     border_color: str | None = Field(None, description="Border colour, #RGB or #RRGGBB (default white when "
@@ -132,7 +134,9 @@ def _one_source(req: "GenerateRequest | CheckRequest | BatchItem") -> None:
 def validation_error(err: dict[str, Any]) -> InvalidRequest:
     """One pydantic error as the API's 422: the field from the error's location (or its context, for rules that
     span fields), a stable code from its type."""
-    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "__root__")]
+    loc = [str(p) for p in err.get("loc", ()) if p != "__root__"]
+    if loc and loc[0] in ("body", "query", "path", "header", "cookie"):   # where FastAPI found it, not the field
+        loc = loc[1:]
     field = loc[0] if loc else (err.get("ctx") or {}).get("field")
     if len(loc) > 1 or (loc and loc[-1].isdigit()):   # inside a list of objects: items[3].external_id
         inner = [*loc[1:], *([(err.get("ctx") or {})["field"]] if "field" in (err.get("ctx") or {}) else [])]
@@ -316,6 +320,79 @@ class StylesList(BaseModel):
     jobs: list[StyleView] = Field(description="Jobs that have not produced a style yet.")
 
 
+__all__ = ["API_VERSION", "BACKGROUNDS", "PALETTES", "RESOLUTIONS", "GenerateRequest", "GenerateResponse",
+           "CheckRequest", "CheckResponse", "ErrorResponse", "parse_request", "is_style_token", "validation_error"]
+
+
+# ---------------------------------------------------------------- accounts: feedback, usage, balance
+REQUEST_ID_RE = re.compile(r"^req_[A-Za-z0-9_-]{1,64}$")
+
+
+class FeedbackRequest(BaseModel):
+    """Body of `POST /v1/avatar/{request_id}/feedback`: did the user keep the avatar?"""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    verdict: Literal["accepted", "declined"] = Field(description="accepted: the user kept it; declined: they did not.")
+    reason: str | None = Field(None, min_length=1, max_length=500, description="Why, in a few words (optional).")
+
+
+class FeedbackView(BaseModel):
+    request_id: str
+    verdict: Literal["accepted", "declined"]
+    reason: str | None = None
+    style: str
+    platform: str
+    recorded_at: float = Field(description="epoch seconds")
+
+
+class UsageRow(BaseModel):
+    request_id: str
+    created_at: str = Field(description="ISO 8601, UTC")
+    style: str
+    platform: str
+    external_id: str | None = None
+    outcome: str = Field(description="delivered, or the error code of a refused request")
+    billable: bool
+    credits: int = Field(description="credits charged (0: unbilled, refused, covered by a seat or no credits)")
+    attempts: int
+    latency_ms: float
+
+
+class UsageSummary(BaseModel):
+    requests: int
+    delivered: int
+    billable: int
+    credits: int
+
+
+class UsageExport(BaseModel):
+    """`GET /v1/usage`: the account's rows of the usage log in [from, to), oldest first."""
+
+    account_id: str
+    from_: str = Field(alias="from")
+    to: str
+    rows: list[UsageRow]
+    summary: UsageSummary
+    truncated: bool = Field(description="more rows matched than `limit`; ask for a shorter range")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class AccountView(BaseModel):
+    """`GET /v1/account`: the caller's plan, balance and limits."""
+
+    account_id: str
+    name: str
+    plan: str
+    credits_enabled: bool
+    balance: int
+    requests_per_minute: float
+    burst: int
+    prices: dict[str, int] = Field(description="credits per billable avatar: each built-in style, and 'custom'")
+    seat_credits: int | None = None
+    seat_days: float | None = None
+    active_seats: int
 # ---------------------------------------------------------------- jobs, batches, webhooks
 WEBHOOK_EVENT_NAMES: tuple[str, ...] = ("started", "item_completed", "completed", "failed", "canceled")
 JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "canceled")

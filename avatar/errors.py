@@ -92,3 +92,9 @@ class StageFailed(AvatarError):
     """A pipeline stage failed on a valid request; the service stays up and answers 500/503."""
 
     status, code = 500, "stage_failed"
+
+
+class InsufficientCredits(AvatarError):
+    """The account's balance is below the avatar's price: refused before any work (402)."""
+
+    status, code = 402, "insufficient_credits"

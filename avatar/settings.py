@@ -25,10 +25,15 @@ class Settings(BaseSettings):
     usage_uri: str = Field("", description="The Parquet usage log (default <data_dir>/usage).")
     usage_journal_dir: Path | None = Field(None, description="Node-local directory where each usage row is fsynced "
                                                              "before the answer (default <data_dir>/usage-journal).")
-    accounts_uri: str = Field("", description="Account store, e.g. sqlite:////abs/path "
-                                              "(default sqlite in <data_dir>/accounts.sqlite3).")
-    jobs_uri: str = Field("", description="Job store of asynchronous generations and batches, e.g. sqlite:////abs/path "
-                                          "(default sqlite in <data_dir>/jobs.sqlite3).")
+    database_url: str = Field("", description="The service's database: accounts, keys, credits, rate limits, jobs. "
+                                              "postgresql://user:password@host:5432/db for a cluster; default "
+                                              "sqlite:///<data_dir>/accounts.sqlite3 (one node).")
+    accounts_uri: str = Field("", description="Older name of AVATAR_DATABASE_URL (used when that is unset).")
+    secrets_dir: Path | None = Field(None, description="A directory of secret files shared by every node (a mounted "
+                                                       "Kubernetes Secret): one file per setting, named like the "
+                                                       "variable in lower case, e.g. avatar_signing_secret.")
+    jobs_uri: str = Field("", description="Job store of asynchronous generations and batches (default: "
+                                          "AVATAR_DATABASE_URL when set, else sqlite in <data_dir>/jobs.sqlite3).")
     job_ttl_s: int = Field(24 * 3600, gt=0, description="How long a finished job, its outputs and idempotency "
                                                         "records are kept.")
     webhook_allow_private: bool = Field(False, description="Let webhook_url reach loopback and private addresses "
@@ -44,10 +49,10 @@ class Settings(BaseSettings):
     url_ttl_s: int = Field(24 * 3600, gt=0, description="Lifetime of signed output URLs.")
     operator_key: SecretStr | None = Field(None, description="Bearer credential of operator routes (GET /v1/stats); "
                                                              "unset: those routes answer 403.")
-    signing_secret: SecretStr | None = Field(None, description="HMAC key of signed URLs (default: generated once "
-                                                               "into <data_dir>/signing.key).")
-    account_pepper: SecretStr | None = Field(None, description="Pepper of stored API-key digests (default: generated "
-                                                               "once beside the account database).")
+    signing_secret: SecretStr | None = Field(None, description="HMAC key of signed URLs (default on one node only: "
+                                                               "generated once into <data_dir>/signing.key).")
+    account_pepper: SecretStr | None = Field(None, description="Pepper of stored API-key digests (default on one node "
+                                                               "only: generated once beside the SQLite file).")
     fetch_timeout_s: float = Field(10.0, gt=0, description="Whole-fetch deadline of image_url.")
     fetch_max_bytes: int = Field(15 * 2**20, gt=0, description="Largest image_url body.")
     fetch_allow_private: bool = Field(False, description="Let image_url reach private addresses (closed networks "
@@ -98,12 +103,31 @@ class Settings(BaseSettings):
         return (self.usage_journal_dir or self.data_path / "usage-journal").expanduser()
 
     @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or self.accounts_uri or f"sqlite:///{self.data_path / 'accounts.sqlite3'}"
+
+    @property
     def resolved_accounts_uri(self) -> str:
-        return self.accounts_uri or f"sqlite:///{self.data_path / 'accounts.sqlite3'}"
+        """The account store is the service's database."""
+        return self.resolved_database_url
+
+    @property
+    def shared_state(self) -> list[str]:
+        """The settings that put state outside this node (a networked database, remote storage); empty on one node.
+        With any of them, every secret must be configured, because a per-node generated one breaks the others."""
+        shared = []
+        if not self.resolved_database_url.startswith("sqlite:"):
+            shared.append("AVATAR_DATABASE_URL")
+        if self.jobs_uri and not self.jobs_uri.startswith("sqlite:"):
+            shared.append("AVATAR_JOBS_URI")
+        for name, uri in (("AVATAR_STORAGE_URI", self.storage_uri), ("AVATAR_USAGE_URI", self.usage_uri)):
+            if "://" in uri and not uri.startswith("file://"):
+                shared.append(name)
+        return shared
 
     @property
     def resolved_jobs_uri(self) -> str:
-        return self.jobs_uri or f"sqlite:///{self.data_path / 'jobs.sqlite3'}"
+        return self.jobs_uri or self.database_url or f"sqlite:///{self.data_path / 'jobs.sqlite3'}"
 
     @property
     def resolved_models_dir(self) -> Path:
@@ -117,19 +141,46 @@ class Settings(BaseSettings):
         return getattr(self, f"model_{component}", None)
 
     def url_signing_key(self) -> bytes:
-        return _secret(self.signing_secret) or shared_secret_file(self.data_path / "signing.key")
+        """The HMAC key of signed URLs: configured, else (one node only) a file generated into the data directory."""
+        configured = _secret(self.signing_secret)
+        if configured:
+            return configured
+        self._refuse_generated("AVATAR_SIGNING_SECRET", "the URLs one node signs would not verify on another")
+        return shared_secret_file(self.data_path / "signing.key")
 
-    def pepper(self, beside: Path | None) -> bytes:
-        """The API-key pepper: configured, else a file beside the database (random per process for in-memory)."""
+    def pepper(self, beside: Path | None, shared: bool = False) -> bytes:
+        """The API-key pepper: configured, else (one node only) a file beside the SQLite database (random per process
+        for an in-memory one). `shared`: the database itself is reached by other nodes."""
         configured = _secret(self.account_pepper)
         if configured:
             return configured
+        self._refuse_generated("AVATAR_ACCOUNT_PEPPER", "an API key created on one node would not work on another",
+                               ["AVATAR_DATABASE_URL"] if shared else [])
         return shared_secret_file(beside) if beside is not None else secrets.token_bytes(32)
+
+    def check_shared_secrets(self) -> None:
+        """Fail start-up (SharedSecretMissing) when state is shared and a secret would be generated per node."""
+        self.url_signing_key()
+        self.pepper(None, shared=False)
+
+    def _refuse_generated(self, variable: str, why: str, shared: list[str] | None = None) -> None:
+        shared = sorted(set(self.shared_state + (shared or [])))
+        if shared:
+            raise SharedSecretMissing(
+                f"{variable} is not set, but state is shared between nodes ({', '.join(shared)}): a secret generated "
+                f"on each node cannot work, because {why}. Set {variable} to the same value on every node, or put it "
+                f"in the file {variable.lower()} of AVATAR_SECRETS_DIR (a mounted Secret).")
+
+
+class SharedSecretMissing(RuntimeError):
+    """A secret would be generated per node although state is shared between nodes: start-up must stop."""
 
 
 def settings() -> Settings:
-    """The settings as the environment holds them now; read at start-up by each component (never per request)."""
-    return Settings()
+    """The settings as the environment holds them now (and the secret files of `AVATAR_SECRETS_DIR`); read at start-up
+    by each component (never per request)."""
+    secrets_dir = os.environ.get("AVATAR_SECRETS_DIR")   # where the other fields are read from: needed first
+    return Settings(_secrets_dir=secrets_dir) if secrets_dir else Settings()
 
 
 def _secret(value: SecretStr | None) -> bytes:

@@ -1,5 +1,9 @@
 """Writes k8s/rayservice.yaml with serve_config.yaml embedded as serveConfigV2, so the two never drift.
 
+Every Ray pod (head and workers) takes the same environment from one ConfigMap (`avatar-config`: where state lives)
+and one Secret (`avatar-shared`: database URL, object-store credentials, URL-signing key, API-key pepper), both in
+k8s/shared-state.yaml: no pod keeps state of its own, so any replica on any node answers for every account.
+
 Usage: python k8s/render.py [--image avatar-service:0.1.0]
 """
 
@@ -35,16 +39,13 @@ spec:
               resources:
                 limits: {{cpu: "4", memory: 8Gi}}
                 requests: {{cpu: "2", memory: 8Gi}}
-              env:
-                - {{name: AVATAR_STORAGE_URI, value: "s3://avatars-prod/outputs"}}
-                - {{name: AVATAR_PUBLIC_URL, value: "https://avatars.example.com"}}
-                - name: AVATAR_SIGNING_SECRET
-                  valueFrom: {{secretKeyRef: {{name: avatar-signing, key: secret}}}}
-{ray_env}
+{head_env}
+              volumeMounts: [{{name: scratch, mountPath: /tmp/avatar}}]
               ports:
                 - {{containerPort: 6379, name: gcs}}
                 - {{containerPort: 8265, name: dashboard}}
                 - {{containerPort: 8000, name: serve}}
+          volumes: [{{name: scratch, emptyDir: {{}}}}]   # caches only (token copies); lost with the pod, by design
     workerGroupSpecs:
       - groupName: gpu-workers
         replicas: 1
@@ -59,8 +60,9 @@ spec:
                 resources:
                   limits: {{cpu: "8", memory: 32Gi, nvidia.com/gpu: "1"}}
                   requests: {{cpu: "8", memory: 32Gi, nvidia.com/gpu: "1"}}
-                env:
 {worker_env}
+                volumeMounts: [{{name: scratch, mountPath: /tmp/avatar}}]
+            volumes: [{{name: scratch, emptyDir: {{}}}}]
             tolerations:
               - {{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}}
       - groupName: cpu-workers
@@ -77,32 +79,37 @@ spec:
                 resources:
                   limits: {{cpu: "8", memory: 16Gi}}
                   requests: {{cpu: "8", memory: 16Gi}}
-                env:
 {worker_env}
+                volumeMounts: [{{name: scratch, mountPath: /tmp/avatar}}]
+            volumes: [{{name: scratch, emptyDir: {{}}}}]
 """
 
-# Environment of every Ray pod: Ray's token authentication (its ports listen on every interface), the guard of
-# Serve's HTTP proxy (body caps, read timeouts: service/proxy_guard.py) and a malloc arena cap.
-RAY_ENV = """\
+# Environment of every Ray pod, head and workers alike: shared state from the ConfigMap and the Secret, a scratch
+# data directory (AVATAR_DATA_DIR) for caches and the usage journal, Ray's token authentication (its ports listen on
+# every interface), the guard of Serve's HTTP proxy (body caps, read timeouts: service/proxy_guard.py) and a malloc
+# arena cap.
+POD_ENV = """\
+envFrom:
+  - {configMapRef: {name: avatar-config}}
+  - {secretRef: {name: avatar-shared}}
+env:
+  - {name: AVATAR_DATA_DIR, value: /tmp/avatar}
   - {name: RAY_AUTH_MODE, value: token}
   - name: RAY_AUTH_TOKEN
     valueFrom: {secretKeyRef: {name: avatar-ray-auth, key: token}}
   - {name: RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH, value: "service.proxy_guard:proxy_middlewares"}
   - {name: MALLOC_ARENA_MAX, value: "2"}"""
 
-# Environment of every worker pod: where outputs go and the key that signs their URLs.
-WORKER_ENV = """\
-                  - {name: AVATAR_STORAGE_URI, value: "s3://avatars-prod/outputs"}
-                  - name: AVATAR_SIGNING_SECRET
-                    valueFrom: {secretKeyRef: {name: avatar-signing, key: secret}}
-""" + "\n".join(" " * 16 + line for line in RAY_ENV.splitlines())
+
+def _indent(text: str, spaces: int) -> str:
+    return "\n".join(" " * spaces + line for line in text.splitlines())
 
 
 def render(image: str = "avatar-service:0.1.0") -> str:
     config = (ROOT / "serve_config.yaml").read_text()
     body = "\n".join(("    " + line) if line.strip() else "" for line in config.splitlines())
-    ray_env = "\n".join(" " * 14 + line for line in RAY_ENV.splitlines())
-    return TEMPLATE.format(serve_config=body, image=image, worker_env=WORKER_ENV, ray_env=ray_env)
+    return TEMPLATE.format(serve_config=body, image=image, head_env=_indent(POD_ENV, 14),
+                           worker_env=_indent(POD_ENV, 16))
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ from fastapi import FastAPI
 
 from avatar import __version__
 from service import errors, openapi
-from service.routes import avatar, batches, files, jobs, ops, styles, webhooks
+from service.billing import AccountHeaders
+from service.routes import account, avatar, batches, files, jobs, ops, styles, webhooks
 
 app = FastAPI(
     title="Avatar generation service",
@@ -21,7 +22,9 @@ app = FastAPI(
     docs_url="/docs",
     redoc_url=None,
 )
-for router in (avatar.router, jobs.router, batches.router, webhooks.router, styles.router, files.router, ops.router):
+for router in (avatar.router, jobs.router, batches.router, webhooks.router, styles.router, account.router, files.router,
+               ops.router):
     app.include_router(router)
+app.add_middleware(AccountHeaders)
 errors.install(app)
 openapi.install(app)

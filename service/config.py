@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from avatar.billing import AccountsConfig
 from avatar.flow.assembly import ConfigError, describe_invalid, stage_config
 from avatar.flow.names import Stage
 from service.admission import AdmissionConfig
@@ -55,6 +56,8 @@ class RunnerConfig(BaseModel):
     delivery_concurrency: int = Field(4, ge=1)
     sweep_every_s: float = Field(300.0, gt=0, description="how often expired jobs and outputs are deleted")
     contact_sheet_tile: int = Field(200, ge=48, le=800)
+    usage_flush_interval_s: float = Field(30.0, ge=0, description="the runner's usage rows reach the log at least "
+                                                                  "this often")
 
 
 def runner_config(raw: dict[str, Any] | None) -> RunnerConfig:
@@ -79,6 +82,7 @@ class IngressConfig(BaseModel):
                                                            "behind a proxy that sets them) when no public_url is set")
     admission: AdmissionConfig = AdmissionConfig()
     styles: StylesConfig = StylesConfig()
+    accounts: AccountsConfig = Field(AccountsConfig(), description="credits, rate limits and plans (avatar.billing)")
     batches: BatchesConfig = BatchesConfig()
 
 

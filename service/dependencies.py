@@ -23,15 +23,20 @@ Ingress = Annotated[Any, Depends(get_ingress)]   # a `service.ingress.Ingress`
 
 async def caller_account(request: Request, ingress: Ingress) -> str | None:
     """The account of the request's API key (None without one); 401 for a wrong key, or for no key when the
-    operator set `require_api_key`. Runs before the body is read."""
+    operator set `require_api_key`; 429 over the account's rate limit. Runs before the body is read."""
     if ingress.config.require_api_key:
-        return await ingress.auth.require(request.headers)
-    return await ingress.auth.account(request.headers)
+        account = await ingress.auth.require(request.headers)
+    else:
+        account = await ingress.auth.account(request.headers)
+    await ingress.billing.limit(request, account)
+    return account
 
 
 async def required_account(request: Request, ingress: Ingress) -> str:
-    """The account of the request's API key; 401 without a valid one."""
-    return await ingress.auth.require(request.headers)
+    """The account of the request's API key; 401 without a valid one; 429 over its rate limit."""
+    account = await ingress.auth.require(request.headers)
+    await ingress.billing.limit(request, account)
+    return account
 
 
 async def operator(request: Request, ingress: Ingress) -> None:

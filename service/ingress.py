@@ -21,8 +21,9 @@ from service.answers import generate_response
 from service.app import app
 from service.admission import Admission
 from service.auth import Authenticator
+from service.billing import Billing
 from service.config import INGRESS, IngressConfig, ingress_config
-from service.replicas import stage_call
+from service.replicas import replica_location, stage_call
 from service.telemetry import Telemetry
 
 
@@ -40,16 +41,20 @@ class Ingress:
         self.public_url = env.public_url
         self.signer = UrlSigner(env.url_signing_key(), env.url_ttl_s)
         self.storage = Storage(env.resolved_storage_uri)
-        self.auth = Authenticator(env.resolved_accounts_uri)
+        self.auth = Authenticator(env.resolved_database_url)
         self.config = IngressConfig()
+        self.billing = Billing(env.resolved_database_url, self.config.accounts,
+                               plan_of=lambda account: self.auth.store.get_account(account))
         self.admission = Admission(self.config.admission)
         self.operator_key = env.operator_key.get_secret_value().encode() if env.operator_key else b""
-        self.telemetry = Telemetry(env.resolved_usage_uri, self.config.usage_flush_interval_s,
-                                   env.resolved_usage_journal_dir)
+        self.usage_uri = env.resolved_usage_uri
+        self.telemetry = Telemetry(self.usage_uri, self.config.usage_flush_interval_s, env.resolved_usage_journal_dir)
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         self.config = ingress_config(user_config)
         self.admission.config = self.config.admission
+        self.billing.config = self.config.accounts
+        self.billing.stale_after_s = max(600.0, 3 * self.config.request_timeout_s)
         self.telemetry.flush_interval_s = self.config.usage_flush_interval_s
 
     def __del__(self) -> None:   # Serve calls this on graceful shutdown: buffered usage rows are written
@@ -65,6 +70,13 @@ class Ingress:
     def stage_call(self, job: AvatarJob) -> StageCall:
         """The orchestrator's `call` for `job`: a handle call per stage, its custom style through multiplexing."""
         return stage_call(self.stages, job)
+
+    def location(self) -> dict[str, str] | None:
+        """The node and replica answering (None outside Serve: tests with stand-in handles)."""
+        try:
+            return replica_location()
+        except Exception:  # noqa: BLE001 - no replica context
+            return None
 
     def style_jobs(self):
         from training.jobs import JobLimits, StyleJobs

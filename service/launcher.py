@@ -84,8 +84,12 @@ def resolve_profile(profile: str) -> str:
 
 def deploy(profile: str = "auto", config_path: str = str(CONFIG_PATH), host: str = "127.0.0.1", port: int = 8000,
            overrides: dict[str, dict[str, Any]] | None = None, cpus_per_replica: float = 0.1) -> str:
-    """Deploy the app on the already initialised Ray; returns the profile used. `overrides` go into user_configs."""
+    """Deploy the app on the already initialised Ray; returns the profile used. `overrides` go into user_configs.
+    Refuses (SharedSecretMissing) when state is shared between nodes and a secret would be generated per node."""
     from ray import serve
+
+    from avatar.settings import settings
+    settings().check_shared_secrets()
 
     from service.graph import build_app
     config = load_config(config_path)

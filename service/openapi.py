@@ -19,10 +19,11 @@ _BODY_MODELS: list[type[BaseModel]] = []
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text} for status, text in (
-        (400, "Malformed body"), (401, "Missing or invalid API key"), (404, "Unknown id or style"),
+        (400, "Malformed body"), (401, "Missing or invalid API key"),
+        (402, "Not enough credits for this avatar (nothing was done)"), (404, "Unknown id or style"),
         (413, "Too large"), (415, "Unsupported content type or image format"),
         (422, "Invalid field, no face, or face too small"),
-        (429, "Over one of the account's limits (concurrent requests, jobs, cached inputs); see Retry-After"),
+        (429, "Over one of the account's limits (rate, concurrent requests, jobs, cached inputs); see Retry-After"),
         (503, "Overloaded or a stage is restarting; see Retry-After"),
         (504, "Timed out"))}
 

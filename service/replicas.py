@@ -82,9 +82,19 @@ class StageReplica:
         """Whether the loaded stage's engine offers `method` (e.g. `apply_batch`): picks the batched request path."""
         return callable(getattr(getattr(self.stage, "engine", None), method, None))
 
+    async def where(self) -> dict[str, str]:
+        """The node and replica serving this stage (operations: where did the scheduler put it)."""
+        return replica_location()
+
     async def check_health(self) -> None:
         if self.stage is None and self.config is not None:
             raise RuntimeError("stage has no loaded components")
+
+
+def replica_location() -> dict[str, str]:
+    import ray
+    context = serve.get_replica_context()
+    return {"node_id": ray.get_runtime_context().get_node_id(), "replica": context.replica_tag}
 
 
 def _without_batch(config: StageConfig | None) -> dict[str, Any] | None:

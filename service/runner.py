@@ -29,6 +29,8 @@ from avatar.flow import orchestrator
 from avatar.flow.names import Stage
 from avatar.job import AvatarJob, PhotoInput
 from avatar.settings import settings
+from avatar.store.credits import Ledger
+from avatar.store.database import open_database
 from avatar.store.fetch import FetchPolicy
 from avatar.store.jobs import (BATCH, DELIVERED, FAILED, GAVE_UP, PENDING, SUCCEEDED, ItemRecord,
                                JobRecord, JobStore, open_job_store)
@@ -78,10 +80,11 @@ class JobWorker:
     def __init__(self, store: JobStore, storage: Storage, signer: UrlSigner, call_for: Callable[[AvatarJob], Any],
                  config: RunnerConfig = RunnerConfig(), gated: bool = True, telemetry: Any = None,
                  webhook_policy: FetchPolicy | None = None, retry: webhooks.RetryPolicy | None = None,
-                 owner: str | None = None) -> None:
+                 owner: str | None = None, ledger: Any = None) -> None:
         env = settings()
         self.store, self.storage, self.signer, self.call_for = store, storage, signer, call_for
         self.config, self.gated, self.telemetry = config, gated, telemetry
+        self.ledger = ledger   # avatar.store.credits.Ledger: charges items of jobs accepted with credit terms
         self.webhook_policy = webhook_policy or FetchPolicy(timeout_s=env.webhook_timeout_s, max_bytes=2**20,
                                                             allow_private=env.webhook_allow_private)
         self.retry = retry or webhooks.RetryPolicy(env.webhook_retry_base_s, env.webhook_retry_max_s,
@@ -203,6 +206,7 @@ class JobWorker:
         started = time.perf_counter()
         avatar = self.avatar_job(job, item)
         try:
+            await self._hold(job, item, avatar)   # before any work; a re-run of the item finds its first hold
             source = await asyncio.to_thread(self.source, item)
             done = await orchestrator.generate(avatar, source, self.call_for(avatar), self.gated)
         except asyncio.CancelledError:
@@ -213,11 +217,13 @@ class JobWorker:
         body = generate_response(self.signer, job.base_url, done, _ms(started)).model_dump(mode="json")
         outputs = [k for k in (done.avatar_key, done.thumbnail_key) if k]
         self.recorded.add(item.key)   # from here on the outcome is written, not abandoned (see _renew)
+        charged = await self._settle(job, item, done.billable)
         if await asyncio.to_thread(self.store.finish_item, self.owner, item, SUCCEEDED, body, None, done.billable,
                                    outputs):
             self.stats.completed += 1
             if self.telemetry is not None:
-                await asyncio.to_thread(self.telemetry.delivered, done, body["latency_ms"])   # journalled (fsync)
+                await asyncio.to_thread(self.telemetry.delivered, done, body["latency_ms"],   # journalled (fsync)
+                                        credits=charged, external_id=_external_id(job, item))
             await self._item_done(job, item)
 
     async def _item_failed(self, job: JobRecord, item: ItemRecord, avatar: AvatarJob, exc: Exception,
@@ -230,12 +236,33 @@ class JobWorker:
             return
         body = {**error.to_body(), "request_id": avatar.request_id}
         self.recorded.add(item.key)
+        await self._release(job, item)   # a failed item costs nothing
         if await asyncio.to_thread(self.store.finish_item, self.owner, item, FAILED, None, body, False):
             self.stats.failed += 1
             if self.telemetry is not None:
                 avatar.input_quality_score = float(error.extra.get("input_quality_score", 0.0))
                 await asyncio.to_thread(self.telemetry.refused, avatar, error.code, latency_ms)
             await self._item_done(job, item)
+
+    # ------------------------------------------------------------ credits (jobs accepted with credit terms)
+    async def _hold(self, job: JobRecord, item: ItemRecord, avatar: AvatarJob) -> None:
+        terms = job.params.get("billing")
+        if terms and self.ledger is not None:
+            await asyncio.to_thread(self.ledger.hold, job.account, item.request_id, avatar.style, avatar.platform,
+                                    terms["price"], _external_id(job, item), terms.get("seat_price"),
+                                    terms.get("seat_s"))
+
+    async def _settle(self, job: JobRecord, item: ItemRecord, billable: bool) -> int:
+        if not job.params.get("billing") or self.ledger is None:
+            return 0
+        return (await asyncio.to_thread(self.ledger.settle, item.request_id, billable)).charged
+
+    async def _release(self, job: JobRecord, item: ItemRecord) -> None:
+        if job.params.get("billing") and self.ledger is not None:
+            try:
+                await asyncio.to_thread(self.ledger.release, item.request_id)
+            except KeyError:   # refused before its hold (e.g. too few credits): nothing to give back
+                pass
 
     async def _item_done(self, job: JobRecord, item: ItemRecord) -> None:
         if "upload" in item.source:
@@ -381,6 +408,11 @@ def _log_failure(task: asyncio.Task) -> None:
         log.error("job item task failed: %r", task.exception(), exc_info=task.exception())
 
 
+def _external_id(job: JobRecord, item: ItemRecord) -> str | None:
+    """The person an item is for: a batch member's id, or an async generate's `external_id` field."""
+    return item.external_id or (job.params.get("billing") or {}).get("external_id")
+
+
 def _public_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: params.get(k) for k in ("style", "platform", "palette", "background", "size", "template",
                                        "match_lighting")}
@@ -407,12 +439,14 @@ class JobRunner:
                                 lambda job: stage_call(self.stages, job), self.config,
                                 gated=Stage.QUALITY_GATE in self.stages,
                                 telemetry=Telemetry(env.resolved_usage_uri,
-                                                    journal_dir=env.resolved_usage_journal_dir))
+                                                    journal_dir=env.resolved_usage_journal_dir),
+                                ledger=Ledger(open_database(env.resolved_database_url)))
         self._task: asyncio.Task | None = None
 
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         self.config = runner_config(user_config)
         self.worker.config = self.config
+        self.worker.telemetry.flush_interval_s = self.config.usage_flush_interval_s
         self._start()
 
     def _start(self) -> None:
@@ -424,8 +458,10 @@ class JobRunner:
         self.worker.wake()
 
     async def stats(self) -> dict[str, Any]:
+        from service.replicas import replica_location
         s = self.worker.stats
-        return {"owner": self.worker.owner, "claimed": s.claimed, "completed": s.completed, "failed": s.failed,
+        return {"owner": self.worker.owner, "node_id": replica_location()["node_id"], "claimed": s.claimed,
+                "completed": s.completed, "failed": s.failed,
                 "released": s.released, "abandoned": s.abandoned, "jobs_finished": s.jobs_finished,
                 "deliveries": s.deliveries, "inflight": len(self.worker.inflight)}
 

@@ -109,7 +109,12 @@ async def submit_generate(request: Request, ingress: Any, account: str | None, p
             source["url"] = req.image_url
         else:
             source = {"input_id": req.input_id}
-        job = await asyncio.to_thread(ingress.jobs.create_job, account, GENERATE, _params(req),
+        params = _params(req)
+        terms = await ingress.billing.job_terms(request, account, req.resolved_style, req.platform,
+                                                [req.external_id])
+        if terms:
+            params["billing"] = {**terms, "external_id": req.external_id}
+        job = await asyncio.to_thread(ingress.jobs.create_job, account, GENERATE, params,
                                       [(None, source)], ingress.base_url(request), webhook_url, events,
                                       settings().job_ttl_s, job_id)
         ingress.wake_runner()
@@ -144,9 +149,14 @@ async def submit_batch(request: Request, ingress: Any, account: str) -> JSONResp
         look = batch.look()
         webhook_url, events = await webhook_of(payload)
         await _authorize(ingress, account, look)
+        params = _params(look, batch.match_lighting)
+        terms = await ingress.billing.job_terms(request, account, look.resolved_style, look.platform,
+                                                [item.external_id for item in batch.items])
+        if terms:
+            params["billing"] = terms
         job_id = new_job_id()
         sources = await asyncio.to_thread(_store_sources, ingress.storage, job_id, batch, uploads)
-        job = await asyncio.to_thread(ingress.jobs.create_job, account, BATCH, _params(look, batch.match_lighting),
+        job = await asyncio.to_thread(ingress.jobs.create_job, account, BATCH, params,
                                       sources, ingress.base_url(request), webhook_url, events,
                                       settings().job_ttl_s, job_id)
         ingress.wake_runner()

@@ -45,7 +45,7 @@ class Telemetry:
         self.stage_latency = Histogram("avatar_stage_latency_ms", "Time per pipeline stage (all attempts)",
                                        boundaries=_LATENCY_MS, tag_keys=("stage",))
 
-    def delivered(self, job: AvatarJob, latency_ms: float) -> None:
+    def delivered(self, job: AvatarJob, latency_ms: float, credits: int = 0, external_id: str | None = None) -> None:
         gate = job.gate
         outcome = "billable" if job.billable else "unbilled"
         self.requests.inc(tags={"route": "generate", "outcome": outcome, "style": _style(job),
@@ -71,19 +71,35 @@ class Telemetry:
             record = UsageRecord(job.request_id, job.account or "anonymous", job.style, job.platform, True, True,
                                  True, job.attempt, job.likeness_score, 0.0, job.input_quality_score, latency_ms,
                                  job.billable)
+        record.credits, record.external_id = int(credits), external_id
         self._append(record)
 
-    def refused(self, job: AvatarJob, code: str, latency_ms: float) -> None:
+    def refused(self, job: AvatarJob, code: str, latency_ms: float, external_id: str | None = None) -> None:
         self.requests.inc(tags={"route": "generate", "outcome": code, "style": _style(job), "platform": job.platform})
         with self._lock:
             self.tally.update({"generate": 1, f"generate:{code}": 1})
-        self._append(UsageRecord.refused(job.request_id, job.account or "anonymous", job.style, job.platform, code,
-                                         job.input_quality_score, latency_ms))
+        record = UsageRecord.refused(job.request_id, job.account or "anonymous", job.style, job.platform, code,
+                                     job.input_quality_score, latency_ms)
+        record.external_id = external_id
+        self._append(record)
+
+    def feedback(self, request_id: str, account: str, style: str, platform: str, verdict: str,
+                 reason: str | None) -> None:
+        """A platform's report on a delivered avatar: a usage row of its own (decline rates come from these)."""
+        self.requests.inc(tags={"route": "feedback", "outcome": verdict, "style": _style_name(style),
+                                "platform": platform})
+        with self._lock:
+            self.tally.update({"feedback": 1, f"feedback:{verdict}": 1})
+        self._append(UsageRecord.user_feedback(request_id, account, style, platform, verdict, reason))
 
     def checked(self, outcome: str) -> None:
         self.requests.inc(tags={"route": "check", "outcome": outcome, "style": "", "platform": ""})
         with self._lock:
             self.tally.update({"check": 1, f"check:{outcome}": 1})
+
+    def served_file(self) -> None:
+        with self._lock:
+            self.tally["files"] += 1
 
     def summary(self) -> dict[str, Any]:
         """Counts of this ingress replica since start, with the gate's pass rate per check."""
@@ -117,5 +133,9 @@ class Telemetry:
 
 
 def _style(job: AvatarJob) -> str:
+    return _style_name(job.style)
+
+
+def _style_name(style: str) -> str:
     """Metric label of a style: custom tokens are grouped, so labels stay bounded."""
-    return "custom" if job.style.startswith("sty_") else job.style
+    return "custom" if style.startswith("sty_") else style

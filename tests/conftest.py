@@ -60,3 +60,30 @@ def ray_session():
     yield ray
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ shared-state servers
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (initdb + pg_ctl in a temp dir, on a free loopback port)."""
+    from servers import start_postgres
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on loopback for the session (endpoint override; AWS_* test credentials in the env)."""
+    from servers import start_s3
+    server = start_s3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path) -> str:
+    """An empty database of each backend: a SQLite file, or a fresh database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db' / 'avatar.sqlite3'}"
+    return request.getfixturevalue("postgres").new_database()

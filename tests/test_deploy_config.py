@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,47 @@ def test_the_embedded_ray_gets_the_proxy_guard_and_no_auth_opt_out(monkeypatch):
     assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "service.proxy_guard:proxy_middlewares"
     assert env.get("RAY_AUTH_MODE") != "disabled" and env["RAY_AUTH_TOKEN_PATH"]
     assert int(env["AVATAR_PROXY_MAX_BODY_BYTES"]) > 20 * 2**20 and int(env["AVATAR_PROXY_MAX_UPLOAD_BYTES"]) > 200 * 2**20
+
+
+# ------------------------------------------------------------------------------------------ shared state on k8s
+def _pod_containers(manifest: dict) -> tuple[list[dict], list[dict]]:
+    cluster = manifest["spec"].get("rayClusterConfig") or manifest["spec"]["rayClusterSpec"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    return [c for g in groups for c in g["template"]["spec"]["containers"]], [g["template"]["spec"] for g in groups]
+
+
+@pytest.mark.parametrize("name", ["rayservice.yaml", "rayjob-style-training.yaml", "rayjob-batch.yaml"])
+def test_every_pod_takes_the_shared_state_and_keeps_none(name):
+    """Head and workers read the same ConfigMap and Secret; no secret is written in the manifest; no pod has a
+    volume that would hold state of its own (only emptyDir scratch)."""
+    containers, specs = _pod_containers(yaml.safe_load((ROOT / "k8s" / name).read_text()))
+    for container in containers:
+        sources = container.get("envFrom", [])
+        assert {"configMapRef": {"name": "avatar-config"}} in sources
+        assert {"secretRef": {"name": "avatar-shared"}} in sources
+        literal = {e["name"] for e in container.get("env", []) if "value" in e}
+        assert not literal & {"AVATAR_DATABASE_URL", "AVATAR_SIGNING_SECRET", "AVATAR_ACCOUNT_PEPPER",
+                              "AWS_SECRET_ACCESS_KEY", "AVATAR_ACCOUNTS_URI"}
+    for spec in specs:
+        for volume in spec.get("volumes", []):
+            assert set(volume) == {"name", "emptyDir"}, volume
+
+
+def test_the_shared_state_manifest_passes_the_start_up_check(monkeypatch, tmp_path):
+    """The ConfigMap and Secret keys, as envFrom gives them to a pod, are a configuration the service starts with:
+    state is shared, and every secret the start-up check asks for is there."""
+    from avatar.settings import settings
+    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "k8s" / "shared-state.yaml").read_text())}
+    variables = {**docs["ConfigMap"]["data"], **docs["Secret"]["stringData"]}
+    for name in list(os.environ):
+        if name.startswith("AVATAR_"):
+            monkeypatch.delenv(name)
+    for key, value in variables.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AVATAR_DATA_DIR", str(tmp_path))
+    env = settings()
+    assert set(env.shared_state) == {"AVATAR_DATABASE_URL", "AVATAR_STORAGE_URI", "AVATAR_USAGE_URI"}
+    env.check_shared_secrets()
+    monkeypatch.delenv("AVATAR_ACCOUNT_PEPPER")
+    with pytest.raises(RuntimeError, match="AVATAR_ACCOUNT_PEPPER"):
+        settings().check_shared_secrets()

@@ -1,4 +1,4 @@
-"""The job store's rules, without a cluster: claims are exclusive and leased, a lost lease is taken over, a result
+"""The job store's rules on both backends (an SQLite file and a real PostgreSQL server), without a cluster: claims are exclusive and leased, a lost lease is taken over, a result
 is accepted once and only from the holder, cancel refuses late results, accounts are isolated, expiry removes jobs,
 idempotency keys replay or refuse, and webhook secrets rotate with a grace period."""
 
@@ -14,8 +14,9 @@ from avatar.store.jobs import (BATCH, CANCELED, FAILED, GENERATE, QUEUED, RUNNIN
 
 
 @pytest.fixture()
-def store(tmp_path):
-    return SqliteJobStore(tmp_path / "jobs.sqlite3")
+def store(database_url):
+    """The job store on each backend: an SQLite file, and a database on a real PostgreSQL server."""
+    return open_job_store(database_url)
 
 
 def _batch(store, n=3, account="acc_a", **kw):
@@ -50,6 +51,18 @@ def test_claims_are_exclusive_across_threads(store):
         t.join()
     assert sorted(claimed) == sorted((job.job_id, i) for i in range(40))   # each item once, none lost
     assert store.get_job("acc_a", job.job_id).state == RUNNING
+
+
+def test_claims_are_exclusive_across_processes(store, database_url):
+    """Four runner processes (as on four nodes), each with its own connections, drain one batch: every item is
+    claimed exactly once."""
+    import multiprocessing
+
+    import db_workers
+    job = _batch(store, 40)
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        claimed = pool.map(db_workers.claim_all, [(database_url, f"runner{i}") for i in range(4)])
+    assert sorted(k for c in claimed for k in c) == sorted((job.job_id, i) for i in range(40))
 
 
 def test_first_claim_starts_the_job_once(store):
@@ -182,6 +195,6 @@ def test_deliveries_are_leased_and_every_attempt_is_kept(store):
 def test_the_store_is_chosen_by_uri(tmp_path):
     assert isinstance(open_job_store(f"sqlite:///{tmp_path}/j.sqlite3"), SqliteJobStore)
     with pytest.raises(ValueError):
-        open_job_store("postgres://nowhere/db")
+        open_job_store("mysql://nowhere/db")
     with pytest.raises(ValueError):
         open_job_store("sqlite://:memory:")

@@ -40,13 +40,18 @@ class StageHandle:
         return self
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def env(request, tmp_path_factory):
+    """The service's environment; the job store, accounts and credits on each backend in turn (the embedded SQLite
+    files, then a database on a real PostgreSQL server)."""
     data = tmp_path_factory.mktemp("jobs-data")
     saved = dict(os.environ)
     os.environ.update({"AVATAR_DATA_DIR": str(data), "AVATAR_SIGNING_SECRET": "test-secret",
                        "AVATAR_WEBHOOK_ALLOW_PRIVATE": "true", "AVATAR_WEBHOOK_RETRY_BASE_S": "0.05",
                        "AVATAR_WEBHOOK_RETRY_WINDOW_S": "30"})
+    if request.param == "postgres":
+        os.environ.update({"AVATAR_DATABASE_URL": request.getfixturevalue("postgres").new_database(),
+                           "AVATAR_ACCOUNT_PEPPER": "test-pepper"})
     yield data
     os.environ.clear()
     os.environ.update(saved)
@@ -69,7 +74,8 @@ def api(env, pipeline):
     from service.dependencies import get_ingress
     from service.ingress import Ingress
     ingress = Ingress(**{stage.value: StageHandle(pipeline, stage) for stage in Stage})
-    ingress.reconfigure({"usage_flush_interval_s": 0, "batches": {"max_items": 6}})
+    ingress.reconfigure({"usage_flush_interval_s": 0, "batches": {"max_items": 6},   # many calls from one account:
+                         "accounts": {"plans": {"standard": {"requests_per_minute": 6000, "burst": 1000}}}})
     store = open_account_store()
     _, key_a = store.create_account("acme")
     _, key_b = store.create_account("globex")
@@ -87,7 +93,8 @@ def worker_for(api, pipeline, **config):
     from service.runner import JobWorker
     ing = api.ingress
     cfg = RunnerConfig(**{"poll_s": 0.05, "renew_every_s": 0.05, "sweep_every_s": 3600, **config})
-    return JobWorker(ing.jobs, Storage(ing.storage.uri), ing.signer, lambda job: pipeline._call, cfg)
+    return JobWorker(ing.jobs, Storage(ing.storage.uri), ing.signer, lambda job: pipeline._call, cfg,
+                     telemetry=ing.telemetry, ledger=ing.billing.ledger)
 
 
 def drain(worker, timeout_s=300):
@@ -288,7 +295,7 @@ def test_killing_the_runner_mid_batch_then_resuming_loses_and_doubles_nothing(ap
     first = worker_for(api, pipeline, max_concurrency=2, lease_s=1.0)
 
     async def run_then_die():
-        while first.stats.completed < 2:
+        while first.stats.completed < 2 or all(t.done() for t in first.inflight.values()):   # one still running
             await first.step()
             await asyncio.sleep(0.01)
         await first.stop()          # dies with an item in flight: its lease stays in the store
@@ -311,6 +318,41 @@ def test_killing_the_runner_mid_batch_then_resuming_loses_and_doubles_nothing(ap
     assert first.stats.completed + second.stats.completed == 5                # each item completed exactly once
     with zipfile.ZipFile(io.BytesIO(api.get(final["output"]["zip_url"]).content)) as archive:
         assert sorted(archive.namelist()) == [f"k{i}.png" for i in range(5)]
+
+
+def test_batch_items_are_charged_as_they_run_and_a_short_balance_refuses_the_batch(api, pipeline, astronaut):
+    """With credits on, a batch the balance cannot cover is refused with 402 before it is accepted; an accepted
+    batch charges each billable item when it runs, and a failed item costs nothing."""
+    from skimage import data
+
+    from avatar.store.usage import read_usage
+    ingress = api.ingress
+    saved = ingress.config.model_dump()
+    ingress.reconfigure({**saved, "accounts": {**saved["accounts"], "credits": True, "plans": {
+        "standard": {"avatar_credits": 2, "requests_per_minute": 6000, "burst": 1000}}}})
+    try:
+        account = api.get("/v1/account", headers=api.b).json()["account_id"]
+        ledger = ingress.billing.ledger
+        ledger.grant(account, 3)
+        jobs_before = len(api.get("/v1/jobs", headers=api.b).json()["jobs"])
+        items = [{"external_id": "m1", "image": _b64(astronaut)}, {"external_id": "m2", "image": _b64(data.coffee())}]
+        refused = api.post("/v1/batches", headers=api.b, json={"items": items, "platform": "slack"})
+        assert refused.status_code == 402 and refused.json()["error"]["code"] == "insufficient_credits"
+        assert refused.json()["credits_required"] == 4 and refused.headers["X-Credits-Remaining"] == "3"
+        assert len(api.get("/v1/jobs", headers=api.b).json()["jobs"]) == jobs_before   # nothing was accepted
+        ledger.grant(account, 1)
+        accepted = api.post("/v1/batches", headers=api.b, json={"items": items, "platform": "slack"})
+        assert accepted.status_code == 202, accepted.text
+        drain(worker_for(api, pipeline))
+        listed = api.get(f"{accepted.json()['status_url']}/items", headers=api.b).json()["items"]
+        by_id = {i["external_id"]: i for i in listed}
+        assert by_id["m1"]["billable"] and by_id["m2"]["state"] == "failed"
+        assert ledger.balance(account) == 2                                  # one billable avatar at 2 credits
+        rows = {r["request_id"]: r for r in read_usage(ingress.usage_uri, account=account).to_pylist()}
+        assert rows[by_id["m1"]["result"]["request_id"]]["credits"] == 2
+        assert rows[by_id["m1"]["result"]["request_id"]]["external_id"] == "m1"
+    finally:
+        ingress.reconfigure(saved)
 
 
 # ---------------------------------------------------------------- hostile input

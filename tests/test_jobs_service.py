@@ -44,7 +44,8 @@ def service():
     port = _free_port()
     try:
         deploy(profile="cpu", port=port, overrides={
-            "AvatarIngress": {"usage_flush_interval_s": 0},
+            "AvatarIngress": {"usage_flush_interval_s": 0,   # the tests poll job status several times a second
+                              "accounts": {"plans": {"standard": {"requests_per_minute": 6000, "burst": 1000}}}},
             "JobRunner": {"lease_s": 4, "renew_every_s": 0.5, "poll_s": 0.2, "max_concurrency": 2}})
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
                           headers={"Authorization": f"Bearer {key}"}) as client:

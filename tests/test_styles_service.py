@@ -58,7 +58,8 @@ def test_generate_policy_built_in_open_custom_owned(tmp_path, monkeypatch):
 
     def account(headers, require):
         ingress.reconfigure({"require_api_key": require})
-        return run(caller_account(SimpleNamespace(headers=headers), ingress))
+        request = SimpleNamespace(headers=headers, state=SimpleNamespace(), client=None)   # what the route reads
+        return run(caller_account(request, ingress))
 
     assert account({}, False) is None
     assert account(hdr(key_a), True) == a

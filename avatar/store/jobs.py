@@ -1,13 +1,15 @@
 """Durable jobs: asynchronous generations and team batches, their items, webhook deliveries, idempotency records and
-per-account webhook secrets, behind one interface (`JobStore`) with an SQLite implementation (the embedded default).
+per-account webhook secrets, behind one interface (`JobStore`), on the service's database (`avatar.store.database`):
+an SQLite file on one node (the embedded default), PostgreSQL for a cluster. The tables are migration step 3.
 
 Why the store is the queue: an accepted job must survive the restart of any replica and never run twice to
 completion. Every piece of work is a row; a runner *claims* an item with a lease (owner + expiry + attempt count) in
 one `BEGIN IMMEDIATE` transaction, renews the lease while it works, and its result is accepted only while it still
 owns the running item. A runner that dies leaves a lease that expires; the next claim takes the item again (up to
 `max_attempts`), and items already finished are never claimed again. Webhook deliveries and job finalisation are
-claimed the same way. SQLite in WAL mode serves every process of one node; a cluster needs a networked backend
-(`BACKENDS`).
+claimed the same way. Claims are serialised: SQLite's write transaction locks the file; on PostgreSQL each kind of
+claim takes a transaction-scoped advisory lock first (`tx.serialize`), so runners on any node never take the same
+row. Every other write is a single conditional UPDATE (owner and state in its WHERE), safe under READ COMMITTED.
 
 Every read is scoped by account: another account's job is indistinguishable from a missing one.
 """
@@ -17,14 +19,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sqlite3
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from avatar.settings import settings
+from avatar.store.database import Database, SqliteDatabase, Tx, open_database, redact, sqlite_path
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED)
@@ -149,37 +149,6 @@ class JobStore(Protocol):
     def sweep(self, now: float | None = None) -> list[tuple[JobRecord, list[ItemRecord]]]: ...
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id TEXT PRIMARY KEY, account TEXT NOT NULL, kind TEXT NOT NULL, state TEXT NOT NULL,
-    params TEXT NOT NULL, base_url TEXT NOT NULL, webhook_url TEXT, webhook_events TEXT NOT NULL,
-    created_at REAL NOT NULL, started_at REAL, finished_at REAL, expires_at REAL, ttl_s REAL NOT NULL,
-    output TEXT, error TEXT, owner TEXT, lease_until REAL);
-CREATE INDEX IF NOT EXISTS jobs_by_account ON jobs(account, created_at);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
-CREATE TABLE IF NOT EXISTS items (
-    job_id TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE, idx INTEGER NOT NULL,
-    external_id TEXT, source TEXT NOT NULL, request_id TEXT NOT NULL, state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0, owner TEXT, lease_until REAL, not_before REAL NOT NULL DEFAULT 0,
-    result TEXT, error TEXT, billable INTEGER NOT NULL DEFAULT 0, started_at REAL, finished_at REAL,
-    outputs TEXT, PRIMARY KEY (job_id, idx));
-CREATE INDEX IF NOT EXISTS items_by_state ON items(state, not_before);
-CREATE TABLE IF NOT EXISTS deliveries (
-    delivery_id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
-    event TEXT NOT NULL, url TEXT NOT NULL, payload TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
-    next_at REAL NOT NULL, owner TEXT, lease_until REAL);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_at);
-CREATE TABLE IF NOT EXISTS delivery_attempts (
-    delivery_id TEXT NOT NULL REFERENCES deliveries(delivery_id) ON DELETE CASCADE, n INTEGER NOT NULL,
-    at REAL NOT NULL, status_code INTEGER, error TEXT, duration_ms REAL, PRIMARY KEY (delivery_id, n));
-CREATE TABLE IF NOT EXISTS webhook_secrets (
-    account TEXT PRIMARY KEY, secret TEXT NOT NULL, created_at REAL NOT NULL,
-    previous TEXT, previous_until REAL);
-CREATE TABLE IF NOT EXISTS idempotency (
-    scope TEXT NOT NULL, route TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL,
-    status_code INTEGER, response TEXT, created_at REAL NOT NULL, expires_at REAL NOT NULL,
-    PRIMARY KEY (scope, route, key));
-"""
 
 _JOB_COLS = ("job_id, account, kind, state, params, base_url, webhook_url, webhook_events, created_at, started_at, "
              "finished_at, expires_at, output, error")
@@ -194,40 +163,20 @@ def _loads(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
-class SqliteJobStore:
-    """One SQLite file shared by the ingress replicas and the runners of one node (WAL; a connection per call)."""
+class SqlJobStore:
+    """Jobs on the service's database: shared by the ingress replicas and the runners of every node it reaches."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = str(path)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        with self._read() as db:   # executescript commits on its own
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.uri = db.url
 
     # ------------------------------------------------------------ plumbing
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken up front (BEGIN IMMEDIATE): claims never race between processes."""
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.close()
+    def _tx(self) -> Any:
+        """One write transaction (SQLite: the file's write lock, taken up front)."""
+        return self.db.transaction()
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            yield db
-        finally:
-            db.close()
+    def _read(self) -> Any:
+        return self.db.transaction(write=False)
 
     # ------------------------------------------------------------ jobs
     def create_job(self, account: str, kind: str, params: dict[str, Any], items: list[tuple[str | None, dict]],
@@ -248,7 +197,7 @@ class SqliteJobStore:
         assert job is not None
         return job
 
-    def _job(self, db: sqlite3.Connection, row: tuple) -> JobRecord:
+    def _job(self, db: Tx, row: tuple) -> JobRecord:
         job = JobRecord(job_id=row[0], account=row[1], kind=row[2], state=row[3], params=json.loads(row[4]),
                         base_url=row[5], webhook_url=row[6], webhook_events=json.loads(row[7]), created_at=row[8],
                         started_at=row[9], finished_at=row[10], expires_at=row[11], output=_loads(row[12]),
@@ -267,7 +216,7 @@ class SqliteJobStore:
     def list_jobs(self, account: str, limit: int = 50, kind: str | None = None) -> list[JobRecord]:
         with self._read() as db:
             rows = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE account=? AND {_LIVE} "
-                              "AND (? IS NULL OR kind=?) ORDER BY created_at DESC LIMIT ?",
+                              "AND (CAST(? AS TEXT) IS NULL OR kind=?) ORDER BY created_at DESC LIMIT ?",
                               (account, time.time(), kind, kind, limit)).fetchall()
             return [self._job(db, r) for r in rows]
 
@@ -303,6 +252,7 @@ class SqliteJobStore:
         claims: then it fails with `stage_unavailable` rather than crash-looping a runner."""
         now = time.time()
         with self._tx() as db:
+            db.serialize("jobs:claim_item")
             while True:
                 row = db.execute(
                     "SELECT i.job_id, i.idx, i.attempts FROM items i JOIN jobs j ON j.job_id=i.job_id "
@@ -363,6 +313,7 @@ class SqliteJobStore:
         """An active job whose items have all finished, leased to `owner` to build its output and end it."""
         now = time.time()
         with self._tx() as db:
+            db.serialize("jobs:claim_settled_job")
             row = db.execute(
                 "SELECT job_id FROM jobs j WHERE state IN (?,?) AND (owner IS NULL OR lease_until<?) "
                 "AND NOT EXISTS (SELECT 1 FROM items i WHERE i.job_id=j.job_id AND i.state IN (?,?)) "
@@ -401,6 +352,7 @@ class SqliteJobStore:
         a message being retried does not hold back the later ones."""
         now = time.time()
         with self._tx() as db:
+            db.serialize("jobs:claim_delivery")
             row = db.execute("SELECT delivery_id FROM deliveries d WHERE state=? AND next_at<=? "
                              "AND (owner IS NULL OR lease_until<?) AND NOT EXISTS (SELECT 1 FROM deliveries e "
                              "WHERE e.job_id=d.job_id AND e.state=? AND e.lease_until>=?) "
@@ -430,7 +382,7 @@ class SqliteJobStore:
         with self._read() as db:
             return self._deliveries(db, "d.job_id=?", job_id)
 
-    def _deliveries(self, db: sqlite3.Connection, where: str, arg: str) -> list[DeliveryRecord]:
+    def _deliveries(self, db: Tx, where: str, arg: str) -> list[DeliveryRecord]:
         rows = db.execute("SELECT d.delivery_id, d.job_id, d.event, d.url, d.payload, d.state, d.created_at, "
                           f"d.next_at, j.account FROM deliveries d JOIN jobs j ON j.job_id=d.job_id WHERE {where} "
                           "ORDER BY d.created_at", (arg,)).fetchall()
@@ -447,6 +399,7 @@ class SqliteJobStore:
     def webhook_secret(self, account: str) -> tuple[str, float]:
         """The account's signing secret (created on first use) and when it was made."""
         with self._tx() as db:
+            db.serialize(f"jobs:webhook_secret:{account}")
             row = db.execute("SELECT secret, created_at FROM webhook_secrets WHERE account=?", (account,)).fetchone()
             if row:
                 return row[0], row[1]
@@ -478,6 +431,7 @@ class SqliteJobStore:
         """Reserve `key` for this request body (its `fingerprint`), or say what the key already stands for."""
         now = time.time()
         with self._tx() as db:
+            db.serialize(f"jobs:idempotency:{scope}:{route}:{key}")
             db.execute("DELETE FROM idempotency WHERE scope=? AND route=? AND key=? AND expires_at<?",
                        (scope, route, key, now))
             row = db.execute("SELECT fingerprint, status_code, response FROM idempotency "
@@ -534,21 +488,36 @@ def _new_secret() -> str:
     return new_secret()
 
 
+class SqliteJobStore(SqlJobStore):
+    """The embedded default: one SQLite file (WAL) shared by the ingress replicas and the runners of one node."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        db = SqliteDatabase(path)
+        db.migrate()
+        super().__init__(db)
+        self.path = db.path
+
+
 def open_job_store(uri: str | None = None) -> JobStore:
-    """The store named by `uri` (default `AVATAR_JOBS_URI`, else `<data dir>/jobs.sqlite3`):
-    `sqlite:///relative/path` or `sqlite:////absolute/path`. Other backends register in `BACKENDS`."""
+    """The store of the database at `uri` (default `AVATAR_JOBS_URI`, else the service's database
+    `AVATAR_DATABASE_URL`, else `<data dir>/jobs.sqlite3`): `sqlite:///relative/path`, `sqlite:////absolute/path` or
+    `postgresql://user@host/db`. Other backends register in `BACKENDS`."""
     uri = uri or settings().resolved_jobs_uri
-    scheme, sep, rest = uri.partition("://")
+    scheme, sep, _ = uri.partition("://")
     if not sep or scheme not in BACKENDS:
-        raise ValueError(f"unsupported job store URI {uri!r}; schemes: {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[scheme](rest)
+        raise ValueError(f"unsupported job store URI {redact(uri)!r}; schemes: {', '.join(sorted(BACKENDS))}")
+    return BACKENDS[scheme](uri)
 
 
-def _open_sqlite(rest: str) -> SqliteJobStore:
-    path = rest[1:] if rest.startswith("/") else rest
-    if not path or path == ":memory:":
+def _open_sqlite(uri: str) -> SqliteJobStore:
+    path = sqlite_path(uri)
+    if path == ":memory:":
         raise ValueError("the job store must be a file shared by the service's processes, not :memory:")
     return SqliteJobStore(path)
 
 
-BACKENDS: dict[str, Any] = {"sqlite": _open_sqlite}
+def _open_shared(uri: str) -> SqlJobStore:
+    return SqlJobStore(open_database(uri))
+
+
+BACKENDS: dict[str, Any] = {"sqlite": _open_sqlite, "postgresql": _open_shared, "postgres": _open_shared}

@@ -34,7 +34,9 @@ SCHEMA = pa.schema([
     ("attempts", pa.int32()), ("likeness", pa.float32()), ("nsfw", pa.float32()),
     ("input_quality", pa.float32()), ("latency_ms", pa.float32()), ("billable", pa.bool_()),
     ("created_at", pa.timestamp("ms", tz="UTC")), ("outcome", pa.string()),
+    ("credits", pa.int64()), ("external_id", pa.string()), ("feedback", pa.string()), ("reason", pa.string()),
 ])
+FEEDBACK = "feedback"   # the outcome of a feedback row: the user kept (accepted) or declined a delivered avatar
 
 
 def _now() -> datetime:
@@ -57,7 +59,11 @@ class UsageRecord:
     latency_ms: float
     billable: bool
     created_at: datetime = field(default_factory=_now)
-    outcome: str = "delivered"     # "delivered", or the error code of a refused / failed request
+    outcome: str = "delivered"     # "delivered", "feedback", or the error code of a refused / failed request
+    credits: int = 0               # credits charged for it (0: unbilled, refused, covered by a seat, or no credits)
+    external_id: str | None = None
+    feedback: str | None = None    # feedback rows: "accepted" or "declined"
+    reason: str | None = None
 
     @classmethod
     def refused(cls, request_id: str, account: str, style: str, platform: str, code: str, input_quality: float,
@@ -65,6 +71,13 @@ class UsageRecord:
         """A request that ended before an avatar existed (bad input, no face, face too small, failure): never billed."""
         return cls(request_id, account, style, platform, False, False, False, 0, 0.0, 0.0, float(input_quality),
                    float(latency_ms), False, outcome=code)
+
+    @classmethod
+    def user_feedback(cls, request_id: str, account: str, style: str, platform: str, verdict: str,
+                      reason: str | None) -> UsageRecord:
+        """The platform's report on a delivered avatar: a row of its own, so the log gives decline rates."""
+        return cls(request_id, account, style, platform, True, True, True, 0, 0.0, 0.0, 0.0, 0.0, False,
+                   outcome=FEEDBACK, feedback=verdict, reason=reason)
 
     @classmethod
     def from_gate(cls, request_id: str, account: str, style: str, platform: str, result, attempts: int,
@@ -227,3 +240,45 @@ def _as_uri(root: str) -> str:
         return root
     from pathlib import Path
     return Path(root).expanduser().resolve().as_uri()
+
+
+MAX_EXPORT_ROWS = 100_000
+
+
+def read_usage(root_uri: str, account: str | None = None, start: datetime | None = None,
+               end: datetime | None = None, outcome: str | None = None, exclude_outcome: str | None = None,
+               limit: int = MAX_EXPORT_ROWS) -> pa.Table:
+    """Rows of the log in [start, end), oldest first, optionally of one account; the date partitions outside the range
+    are not read. Files written before a column existed read it as null."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+    filesystem, root = pafs.FileSystem.from_uri(_as_uri(root_uri))
+    if filesystem.get_file_info(root).type == pafs.FileType.NotFound:
+        return SCHEMA.empty_table()
+    schema = SCHEMA.append(pa.field("date", pa.string()))
+    dataset = ds.dataset(root, filesystem=filesystem, format="parquet", schema=schema,
+                         partitioning=ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive"),
+                         exclude_invalid_files=False)
+    where = pc.scalar(True)
+    if account is not None:
+        where &= ds.field("account") == account
+    if start is not None:
+        where &= (ds.field("date") >= f"{start:%Y-%m-%d}") & (ds.field("created_at") >= pc.scalar(start))
+    if end is not None:
+        where &= (ds.field("date") <= f"{end:%Y-%m-%d}") & (ds.field("created_at") < pc.scalar(end))
+    if outcome is not None:
+        where &= ds.field("outcome") == outcome
+    if exclude_outcome is not None:
+        where &= ds.field("outcome") != exclude_outcome
+    table = dataset.to_table(filter=where, columns=SCHEMA.names)
+    return table.sort_by([("created_at", "ascending"), ("request_id", "ascending")]).slice(0, limit)
+
+
+def decline_rates(root_uri: str, start: datetime | None = None, end: datetime | None = None) -> dict:
+    """Decline rates by style and platform from the log's feedback rows (the latest report per avatar counts)."""
+    from avatar.store.feedback import decline_rates as tabulate
+    latest: dict[str, tuple] = {}
+    for row in read_usage(root_uri, start=start, end=end, outcome=FEEDBACK, limit=2**62).to_pylist():
+        style = "custom" if row["style"].startswith("sty_") else row["style"]
+        latest[row["request_id"]] = (style, row["platform"], row["feedback"], 1)
+    return tabulate(latest.values())

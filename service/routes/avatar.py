@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from avatar.contracts import CheckRequest, CheckResponse, GenerateRequest, GenerateResponse, JobView, parse_request
-from avatar.errors import AvatarError
+from avatar.errors import AvatarError, InsufficientCredits
 from avatar.flow import orchestrator
 from avatar.job import AvatarJob, PhotoInput
 from avatar.vision.imageio import b64decode_image
@@ -67,6 +67,12 @@ async def _generate(request: Request, ingress, account: str | None, payload: dic
                     size=req.size, intensity=req.resolved_intensity, palette=req.palette, background=req.background,
                     template=req.template)
     await ingress.auth.authorize_style(account, job)   # a custom token must be the account's own
+    try:
+        charge = await ingress.billing.hold(request, account, job, req.external_id)   # 402 here, before any work
+    except InsufficientCredits as refused:
+        await asyncio.to_thread(ingress.telemetry.refused, job, refused.code, _ms(started),
+                                external_id=req.external_id)
+        raise
     timeout = ingress.config.request_timeout_s
     try:
         done = await asyncio.wait_for(
@@ -76,11 +82,15 @@ async def _generate(request: Request, ingress, account: str | None, payload: dic
         error = as_avatar_error(exc, timeout)
         if error.status >= 500:
             log.error("request %s failed: %s (%s)", job.request_id, error.message, type(exc).__name__)
+        await ingress.billing.release(request, charge)   # a refused request costs nothing
         job.input_quality_score = float(error.extra.get("input_quality_score", 0.0))
-        await asyncio.to_thread(ingress.telemetry.refused, job, error.code, _ms(started))   # durable first
+        await asyncio.to_thread(ingress.telemetry.refused, job, error.code, _ms(started),   # durable first
+                                external_id=req.external_id)
         return error_response(error, job.request_id)
     body = ingress.response(request, done, _ms(started))
-    await asyncio.to_thread(ingress.telemetry.delivered, done, body.latency_ms)   # on disk before the answer
+    charge = await ingress.billing.settle(request, charge, done.billable)
+    await asyncio.to_thread(ingress.telemetry.delivered, done, body.latency_ms,   # on disk before the answer
+                            credits=charge.charged if charge else 0, external_id=req.external_id)
     return body
 
 

@@ -23,4 +23,5 @@ async def get_file(key: str, ingress: Ingress, expires: str | None = Query(None,
                    signature: str | None = Query(None, description="HMAC-SHA256 of key and expiry")) -> Response:
     ingress.signer.verify(key, expires, signature)
     data = await asyncio.to_thread(ingress.storage.get, key)
+    ingress.telemetry.served_file()
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

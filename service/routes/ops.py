@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -18,7 +19,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/v1/stats", summary="This ingress replica's request counts and gate pass rates (operator key)",
+@router.get("/v1/stats", summary="This ingress replica's request counts and gate pass rates; the decline rate by "
+                                  "style and platform from every replica's feedback (operator key)",
             responses=ERRORS, dependencies=[Operator])
 async def stats(ingress: Ingress) -> dict[str, Any]:
-    return ingress.telemetry.summary()
+    summary = ingress.telemetry.summary()
+    summary["replica"] = ingress.location()
+    summary["feedback"] = await asyncio.to_thread(ingress.billing.feedback.rates)
+    return summary
