@@ -72,6 +72,7 @@ def env(database_url, tmp_path, monkeypatch):
     monkeypatch.setenv("AVATAR_DATABASE_URL", database_url)
     monkeypatch.setenv("AVATAR_ACCOUNT_PEPPER", "one pepper")
     monkeypatch.setenv("AVATAR_SIGNING_SECRET", "one signing key")
+    monkeypatch.setenv("AVATAR_OPERATOR_KEY", "operator-key")
     store = open_account_store(database_url)
     yield {"store": store, "ledger": Ledger(open_database(database_url)), "url": database_url}
     app.dependency_overrides.clear()
@@ -278,7 +279,8 @@ def test_feedback_on_own_avatars_gives_decline_rates(env):
     for request_id, who in ((kept, other_key), (refused, key), ("req_" + "0" * 20, key)):
         answer = send(request_id, {"verdict": "declined"}, who)
         assert answer.status_code == 404 and answer.json()["error"]["code"] == "request_not_found"
-    stats = client.get("/v1/stats").json()["feedback"]
+    assert client.get("/v1/stats").status_code == 401   # operator only
+    stats = client.get("/v1/stats", headers=auth("operator-key")).json()["feedback"]
     assert stats["by_style"]["anime_character"] == {"accepted": 1, "declined": 1, "decline_rate": 0.5}
     assert stats["by_platform"]["discord"]["decline_rate"] == 1.0
     logged = read_usage(ingress.usage_uri, account=mine, outcome="feedback").to_pylist()
