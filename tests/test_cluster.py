@@ -18,6 +18,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -30,7 +32,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.serve, pytest.mark.timeout(1200)]
 
 HEAD, WORKER = {"avatar-role": "general"}, {"avatar-role": "accelerator"}
 ON_WORKER_FIRST = {"label_selector": WORKER, "fallback_strategy": [{"label_selector": HEAD}]}
-SECRETS = {"AVATAR_SIGNING_SECRET": "one signing key for every node", "AVATAR_ACCOUNT_PEPPER": "one pepper"}
+SECRETS = {"AVATAR_SIGNING_SECRET": "one signing key for every node", "AVATAR_ACCOUNT_PEPPER": "one pepper",
+           "AVATAR_OPERATOR_KEY": "operator-key"}
+OPERATOR = {"Authorization": "Bearer operator-key"}
 
 
 def cluster_options() -> dict[str, dict]:
@@ -69,10 +73,11 @@ def cluster(postgres, s3_server):
            "AVATAR_STORAGE_URI": s3_server.uri(bucket, "storage"), "AVATAR_USAGE_URI": s3_server.uri(bucket, "usage"),
            "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0",   # the head's proxy spreads over both ingress replicas
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", **SECRETS}
-    with pytest.MonkeyPatch.context() as patch:
+    with ray_auth_mode_refreshed(), pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
         patch.delenv("AVATAR_DATA_DIR", raising=False)
+        refresh_ray_auth_mode()
         node = dict(num_cpus=2, object_store_memory=200 * 2**20)
         c = Cluster()
         try:
@@ -99,6 +104,24 @@ def cluster(postgres, s3_server):
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def refresh_ray_auth_mode() -> None:
+    """Ray reads RAY_AUTH_MODE into a per-process cache on its first start; this module's cluster runs with the mode
+    the environment says now, and the local Rays of later test modules with theirs (else a driver without a token
+    waits forever on a GCS that wants one)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+@contextmanager
+def ray_auth_mode_refreshed() -> Iterator[None]:
+    """Refresh Ray's cached auth mode on the way out, after the environment has been restored."""
+    try:
+        yield
+    finally:
+        refresh_ray_auth_mode()
+
+
 def start_nodes(node: dict, roots: list[Path], temp: str, tries: int = 3):
     """The head and the worker. Ray gives a raylet 30 s (fixed) to register; on a loaded machine that can pass, so a
     failed start is torn down and tried again."""
@@ -155,7 +178,9 @@ def stats(client: httpx.Client, seen: int = 2, tries: int = 40) -> dict[str, dic
     """Each ingress replica's /v1/stats, by replica: asks until `seen` replicas answered."""
     found: dict[str, dict] = {}
     for _ in range(tries):
-        body = client.get("/v1/stats").json()
+        response = client.get("/v1/stats", headers=OPERATOR)
+        assert response.status_code == 200, response.text
+        body = response.json()
         found[body["replica"]["replica"]] = body
         if len(found) >= seen:
             break
