@@ -7,7 +7,6 @@ import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -59,23 +58,30 @@ def test_hex_colours():
 
 
 @pytest.fixture(scope="module")
-def http():
-    """The real FastAPI app and error mapping; the ingress replica stands in with its configuration only (these
-    requests are refused before any stage runs)."""
+def http(tmp_path_factory):
+    """The real FastAPI app over a real ingress whose stages must never run (these requests are refused first)."""
     from fastapi.testclient import TestClient
 
+    from avatar.flow.names import Stage
     from service.app import app
     from service.dependencies import get_ingress
+    from service.ingress import Ingress
 
-    async def no_account(_headers):
-        return None
-    ingress = SimpleNamespace(config=SimpleNamespace(max_body_bytes=1 << 20, require_api_key=False),
-                              auth=SimpleNamespace(account=no_account))
-    app.dependency_overrides[get_ingress] = lambda: ingress
-    try:
-        yield TestClient(app, raise_server_exceptions=False)
-    finally:
-        app.dependency_overrides.pop(get_ingress, None)
+    class NoStage:
+        def __getattr__(self, name):
+            raise AssertionError(f"a refused request reached a stage ({name})")
+
+        def options(self, **_):
+            return self
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AVATAR_DATA_DIR", str(tmp_path_factory.mktemp("templates-data")))
+        ingress = Ingress(**{stage.value: NoStage() for stage in Stage})
+        ingress.reconfigure({"usage_flush_interval_s": 0})
+        app.dependency_overrides[get_ingress] = lambda: ingress
+        try:
+            yield TestClient(app, raise_server_exceptions=False)
+        finally:
+            app.dependency_overrides.pop(get_ingress, None)
 
 
 @pytest.mark.parametrize("field, value, code", [
