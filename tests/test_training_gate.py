@@ -51,7 +51,7 @@ def _wait(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
         if value:
             return value
         time.sleep(poll_s)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
 def test_an_account_over_its_limits_gets_429(env, examples_dir):
@@ -75,12 +75,19 @@ def test_an_account_over_its_limits_gets_429(env, examples_dir):
 
 
 def test_a_job_stays_queued_without_a_process_until_the_budget_has_room(env, examples_dir):
-    from training.gate import alive, descendants
+    from training.gate import TRAINING_CPU_RESOURCE, TRAINING_MEMORY_RESOURCE, alive, descendants
     from training.jobs import NAMESPACE, StyleJobs
     import ray
+    # the earlier test's jobs are gone once their resources are back: this job needs the node's whole budget
+    def held() -> dict[str, float]:
+        free, total = ray.available_resources(), ray.cluster_resources()
+        return {k: total[k] - free.get(k, 0.0) for k in ("CPU", TRAINING_CPU_RESOURCE, TRAINING_MEMORY_RESOURCE)
+                if total[k] - free.get(k, 0.0) > 1e-6}
+    _wait(lambda: not held(), 120, lambda: f"the node's resources to be free, still held: {held()}")
     big = StyleJobs(env["storage"], env["accounts"], num_workers=2, cpus_per_worker=1.0, **LONG)
     running = big.submit(env["a"], str(examples_dir))       # takes the node's whole training CPU budget
-    _wait(lambda: big.status(env["a"], running.job_id).epoch >= 1, 240, "the first job's first epoch")
+    _wait(lambda: big.status(env["a"], running.job_id).epoch >= 1, 240,
+          lambda: f"the first job's first epoch: {big.status(env['a'], running.job_id)}")
     waiting = big.submit(env["b"], str(examples_dir))
     try:
         time.sleep(5)
