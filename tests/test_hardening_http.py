@@ -5,48 +5,20 @@ error answers without internals for hostile bodies."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import inspect
-import io
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
-from PIL import Image
 from fastapi.testclient import TestClient
 
 from avatar.flow.names import Stage
 from service.app import app
 from service.dependencies import get_ingress
 from service.ingress import Ingress
+from stand_ins import Handle, blank_photo
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class _Method:
-    def __init__(self, fn):
-        async def run(args):
-            ready = [await a if inspect.isawaitable(a) else a for a in args]
-            return await fn(*ready)
-        self.remote = lambda *args: asyncio.ensure_future(run(args))
-
-
-class Handle:
-    """A DeploymentHandle stand-in: `handle.run.remote(...)` starts `fn` once its arguments are ready."""
-
-    def __init__(self, fn):
-        self.run = self.check = self.keep = _Method(fn)
-
-    def options(self, **_):
-        return self
-
-
-def _photo() -> str:
-    buf = io.BytesIO()
-    Image.fromarray(np.zeros((256, 256, 3), np.uint8)).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 @pytest.fixture()
@@ -76,7 +48,7 @@ def test_excess_requests_are_refused_fast_with_retry_after(make_ingress):
 
     def post(_):
         started = time.perf_counter()
-        resp = client.post("/v1/avatar/generate", json={"image": _photo()})
+        resp = client.post("/v1/avatar/generate", json={"image": blank_photo()})
         return resp, time.perf_counter() - started
     with ThreadPoolExecutor(10) as pool:
         results = list(pool.map(post, range(10)))
@@ -93,9 +65,9 @@ def test_excess_requests_are_refused_fast_with_retry_after(make_ingress):
 def test_a_waiter_past_its_wait_is_refused(make_ingress):
     ingress = make_ingress(_slow, admission={"max_running": 1, "max_waiting": 4, "max_wait_s": 0.3})
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(ingress.client.post, "/v1/avatar/generate", json={"image": _photo()})
+        first = pool.submit(ingress.client.post, "/v1/avatar/generate", json={"image": blank_photo()})
         time.sleep(0.2)
-        second = ingress.client.post("/v1/avatar/generate", json={"image": _photo()})
+        second = ingress.client.post("/v1/avatar/generate", json={"image": blank_photo()})
         assert second.status_code == 503 and second.json()["error"]["code"] == "overloaded"
         assert first.result().status_code == 500
 
@@ -104,7 +76,7 @@ def test_one_account_over_its_share_gets_429(make_ingress):
     ingress = make_ingress(_slow, admission={"max_running": 8, "max_waiting": 8, "per_account": 2})
     _, key = ingress.auth.store.create_account("A")
     with ThreadPoolExecutor(4) as pool:
-        same = list(pool.map(lambda _: ingress.client.post("/v1/avatar/generate", json={"image": _photo()},
+        same = list(pool.map(lambda _: ingress.client.post("/v1/avatar/generate", json={"image": blank_photo()},
                                                             headers={"authorization": f"Bearer {key}"}), range(4)))
     codes = sorted(r.status_code for r in same)
     assert codes == [429, 429, 500, 500]
@@ -150,19 +122,19 @@ def _delivering():
 
 def test_signed_urls_ignore_the_clients_host_header(make_ingress):
     client = make_ingress(_delivering(), gated=False).client
-    body = client.post("/v1/avatar/generate", json={"image": _photo()}, headers={"host": "evil.example"}).json()
+    body = client.post("/v1/avatar/generate", json={"image": blank_photo()}, headers={"host": "evil.example"}).json()
     assert "evil.example" not in body["avatar_url"] and "evil.example" not in body["thumbnail_url"]
-    forwarded = client.post("/v1/avatar/generate", json={"image": _photo()},
+    forwarded = client.post("/v1/avatar/generate", json={"image": blank_photo()},
                             headers={"x-forwarded-host": "evil.example", "x-forwarded-proto": "https"}).json()
     assert "evil.example" not in forwarded["avatar_url"]   # proxy headers are not trusted unless configured
 
 
 def test_signed_urls_use_the_public_url_or_trusted_proxy_headers(make_ingress):
     client = make_ingress(_delivering(), gated=False, public_url="https://avatars.example.com").client
-    body = client.post("/v1/avatar/generate", json={"image": _photo()}, headers={"host": "evil.example"}).json()
+    body = client.post("/v1/avatar/generate", json={"image": blank_photo()}, headers={"host": "evil.example"}).json()
     assert body["avatar_url"].startswith("https://avatars.example.com/v1/files/")
     client = make_ingress(_delivering(), gated=False, trusted_proxy_headers=True).client
-    body = client.post("/v1/avatar/generate", json={"image": _photo()},
+    body = client.post("/v1/avatar/generate", json={"image": blank_photo()},
                        headers={"x-forwarded-host": "cdn.example.org", "x-forwarded-proto": "https"}).json()
     assert body["avatar_url"].startswith("https://cdn.example.org/v1/files/")
 

@@ -4,44 +4,16 @@ keeps serving. Runs the ingress class directly with stand-in stage handles: no c
 from __future__ import annotations
 
 import asyncio
-import base64
-import inspect
-import io
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 from fastapi.testclient import TestClient
 
 from avatar.flow.names import Stage
 from service.app import app
 from service.dependencies import get_ingress
 from service.ingress import Ingress
-
-
-class _Method:
-    def __init__(self, fn):
-        async def run(args):
-            ready = [await a if inspect.isawaitable(a) else a for a in args]   # earlier stages' results, as Serve
-            return await fn(*ready)
-        self.remote = lambda *args: asyncio.ensure_future(run(args))
-
-
-class Handle:
-    """Stands in for a DeploymentHandle: `handle.run.remote(...)` starts `fn` once its arguments are ready."""
-
-    def __init__(self, fn):
-        self.run = self.check = _Method(fn)
-
-    def options(self, **_):
-        return self
-
-
-def _photo() -> str:
-    buf = io.BytesIO()
-    Image.fromarray(np.zeros((256, 256, 3), np.uint8)).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+from stand_ins import Handle, blank_photo
 
 
 @pytest.fixture()
@@ -67,7 +39,7 @@ def _call(ingress, body):
 def test_a_crashing_stage_answers_500_json(make_ingress):
     async def crash(*_):
         raise RuntimeError("segfault-like failure in a model runtime")
-    status, body = _call(make_ingress(crash), {"image": _photo()})
+    status, body = _call(make_ingress(crash), {"image": blank_photo()})
     assert status == 500 and body["error"]["code"] == "stage_failed" and body["request_id"].startswith("req_")
     assert "segfault" not in json.dumps(body) and "Traceback" not in json.dumps(body)
 
@@ -75,7 +47,7 @@ def test_a_crashing_stage_answers_500_json(make_ingress):
 def test_a_hanging_stage_answers_504_within_the_timeout(make_ingress):
     async def hang(*_):
         await asyncio.sleep(30)
-    status, body = _call(make_ingress(hang, timeout_s=0.3), {"image": _photo()})
+    status, body = _call(make_ingress(hang, timeout_s=0.3), {"image": blank_photo()})
     assert status == 504 and body["error"]["code"] == "timeout"
 
 
@@ -85,7 +57,7 @@ def test_overload_answers_503(make_ingress):
     async def full(*_):
         raise BackPressureError(num_queued_requests=8, max_queued_requests=8)
     ingress = make_ingress(full)
-    status, body = _call(ingress, {"image": _photo()})
+    status, body = _call(ingress, {"image": blank_photo()})
     assert status == 503 and body["error"]["code"] == "overloaded"
     assert ingress.telemetry.summary()["counts"]["generate:overloaded"] == 1
 
@@ -97,7 +69,7 @@ def test_the_ingress_keeps_serving_after_failures(make_ingress):
         calls["n"] += 1
         raise RuntimeError("first failure")
     ingress = make_ingress(flaky)
-    assert _call(ingress, {"image": _photo()})[0] == 500
-    status, body = _call(ingress, {"image": _photo(), "platform": "nowhere"})
+    assert _call(ingress, {"image": blank_photo()})[0] == 500
+    status, body = _call(ingress, {"image": blank_photo(), "platform": "nowhere"})
     assert status == 422 and body["error"]["field"] == "platform"   # admission still works
     assert calls["n"] == 1
