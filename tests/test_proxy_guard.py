@@ -193,29 +193,21 @@ def test_slow_clients_do_not_hold_the_service(server):
     ones ever reaches the app."""
     stop = threading.Event()
 
-    def slow_body() -> None:
+    def drip(start: bytes, more: bytes) -> None:
+        """Send `start`, then `more` every half second until stopped or cut."""
         s = _connect(server.port)
         try:
-            s.sendall(b"POST /v1/avatar/generate HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n")
+            s.sendall(start)
             while not stop.wait(0.5):
-                s.sendall(b"x")
+                s.sendall(more)
         except OSError:
             pass
         finally:
             s.close()
 
-    def slow_header() -> None:
-        s = _connect(server.port)
-        try:
-            s.sendall(b"GET /healthz HTTP/1.1\r\n")
-            while not stop.wait(0.5):
-                s.sendall(b"x-a: b\r\n")
-        except OSError:
-            pass
-        finally:
-            s.close()
-
-    threads = [threading.Thread(target=f, daemon=True) for f in [slow_body] * 15 + [slow_header] * 15]
+    slow_body = (b"POST /v1/avatar/generate HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n", b"x")
+    slow_header = (b"GET /healthz HTTP/1.1\r\n", b"x-a: b\r\n")
+    threads = [threading.Thread(target=drip, args=a, daemon=True) for a in [slow_body] * 15 + [slow_header] * 15]
     for t in threads:
         t.start()
     try:
