@@ -36,13 +36,15 @@ class Settings(BaseSettings):
                                           "AVATAR_DATABASE_URL when set, else sqlite in <data_dir>/jobs.sqlite3).")
     job_ttl_s: int = Field(24 * 3600, gt=0, description="How long a finished job, its outputs and idempotency "
                                                         "records are kept.")
-    webhook_allow_private: bool = Field(False, description="Let webhook_url reach loopback and private addresses "
-                                                           "(tests and development only).")
+    webhook_allow_private: bool = Field(False, description="Let webhook_url reach loopback, private and shared "
+                                                           "(100.64/10) addresses (tests and development only); "
+                                                           "metadata and link-local addresses stay refused.")
     webhook_retry_window_s: float = Field(24 * 3600, gt=0, description="How long a failing webhook delivery is "
                                                                        "retried (exponential backoff).")
     webhook_retry_base_s: float = Field(5.0, gt=0, description="First retry delay; each next one doubles.")
     webhook_retry_max_s: float = Field(3600.0, gt=0, description="Longest delay between two attempts.")
-    webhook_timeout_s: float = Field(10.0, gt=0, description="Deadline of one webhook request.")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="One deadline over a whole webhook send: DNS, "
+                                                             "connect, request and the answer's headers.")
     webhook_secret_grace_s: float = Field(24 * 3600, ge=0, description="After a rotation, the old secret keeps "
                                                                        "signing beside the new one this long.")
     public_url: str = Field("", description="Base of signed URLs, e.g. https://avatars.example.com.")
@@ -55,8 +57,9 @@ class Settings(BaseSettings):
                                                                "only: generated once beside the SQLite file).")
     fetch_timeout_s: float = Field(10.0, gt=0, description="Whole-fetch deadline of image_url.")
     fetch_max_bytes: int = Field(15 * 2**20, gt=0, description="Largest image_url body.")
-    fetch_allow_private: bool = Field(False, description="Let image_url reach private addresses (closed networks "
-                                                         "and tests only).")
+    fetch_allow_private: bool = Field(False, description="Let image_url reach loopback, private and shared addresses "
+                                                         "(closed networks and tests only); metadata and link-local "
+                                                         "addresses stay refused.")
     proxy_max_body_bytes: int = Field(21 * 2**20, gt=0, description="Serve proxy: largest request body (the ingress's "
                                                                     "max_body_bytes plus multipart framing).")
     proxy_max_upload_bytes: int = Field(201 * 2**20, gt=0, description="Serve proxy: largest body on /v1/styles.")

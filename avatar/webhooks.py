@@ -1,5 +1,6 @@
 """Webhooks in the Standard Webhooks format (https://www.standardwebhooks.com): signing, verification, the event
-names and filter, the retry schedule, and one delivery attempt through the SSRF-safe client.
+names and filter, the retry schedule, and one delivery attempt through the SSRF-safe client, bounded as a whole by
+one deadline.
 
 A delivery is a POST of a JSON body `{"type", "timestamp", "data"}` with three headers: `webhook-id` (the same on
 every retry of one message, so a receiver can drop duplicates), `webhook-timestamp` (epoch seconds of this attempt)
@@ -104,19 +105,21 @@ class RetryPolicy:
         return at if at <= first_at + self.window_s else None
 
 
-def attempt(url: str, body: str, headers: dict[str, str], policy: FetchPolicy) -> dict[str, Any]:
-    """One POST; the record every attempt leaves in the job's status (status code or error, duration)."""
-    started = time.time()
+async def attempt(url: str, body: str, headers: dict[str, str], policy: FetchPolicy) -> dict[str, Any]:
+    """One POST, bounded as a whole by `policy.timeout_s`; the record every attempt leaves in the job's status:
+    when it started, the status code or the error (`webhook_url did not answer within 10 s` when the deadline
+    cut it), and how long it took."""
+    started, clock = time.time(), time.perf_counter()
     record: dict[str, Any] = {"at": started, "status_code": None, "error": None}
     try:
-        record["status_code"] = post(url, body.encode(), headers, policy)
+        record["status_code"] = await post(url, body.encode(), headers, policy)
         if not 200 <= record["status_code"] < 300:
             record["error"] = f"HTTP {record['status_code']}"
-    except FetchRefused as exc:
+    except FetchRefused as exc:   # the address policy, or the deadline
         record["error"] = exc.message
-    except Exception as exc:  # noqa: BLE001 - timeouts, resets, TLS: a failed attempt, retried later
+    except Exception as exc:  # noqa: BLE001 - refused connections, resets, TLS: a failed attempt, retried later
         record["error"] = type(exc).__name__
-    record["duration_ms"] = round((time.time() - started) * 1000, 1)
+    record["duration_ms"] = round((time.perf_counter() - clock) * 1000, 1)
     return record
 
 

@@ -53,7 +53,10 @@ class RunnerConfig(BaseModel):
     poll_s: float = Field(0.5, gt=0, description="how often an idle runner looks for work")
     max_attempts: int = Field(3, ge=1, description="claims of one item before it fails (crashes, restarts)")
     retry_delay_s: float = Field(2.0, ge=0, description="wait before a transiently failed item runs again")
-    delivery_concurrency: int = Field(4, ge=1)
+    delivery_concurrency: int = Field(8, ge=1, le=256, description="webhook sends in flight (each bounded by "
+                                                                   "AVATAR_WEBHOOK_TIMEOUT_S)")
+    delivery_per_account: int = Field(2, ge=1, description="webhook sends of one account in flight, over every "
+                                                           "runner: a slow receiver holds its own account's slots")
     sweep_every_s: float = Field(300.0, gt=0, description="how often expired jobs and outputs are deleted")
     contact_sheet_tile: int = Field(200, ge=48, le=800)
     usage_flush_interval_s: float = Field(30.0, ge=0, description="the runner's usage rows reach the log at least "

@@ -39,6 +39,7 @@ from avatar.vision.imageio import b64decode_image
 from avatar import webhooks
 from service.answers import generate_response, item_view, job_view
 from service.config import RUNNER, RunnerConfig, runner_config
+from service.delivery import deliver_once, lease_s
 from service.errors import as_avatar_error
 
 log = logging.getLogger("avatar.runner")
@@ -359,30 +360,25 @@ class JobWorker:
 
     # ------------------------------------------------------------ webhooks
     async def _send_webhooks(self) -> bool:
+        """Start due deliveries up to `delivery_concurrency`, at most `delivery_per_account` of one account in flight
+        (the store's claim counts every runner's), each send bounded by the webhook deadline."""
         sent = False
         while len(self.sending) < self.config.delivery_concurrency:
-            delivery = await asyncio.to_thread(self.store.claim_delivery, self.owner,
-                                               self.webhook_policy.timeout_s + 30)
+            delivery = await asyncio.to_thread(self.store.claim_delivery, self.owner, lease_s(self.webhook_policy),
+                                               self.config.delivery_per_account)
             if delivery is None:
                 break
-            task = asyncio.create_task(asyncio.to_thread(self.deliver, delivery))
+            task = asyncio.create_task(self.deliver(delivery))
+            task.add_done_callback(_log_failure)
             self.sending.add(task)
             sent = True
         return sent
 
-    def deliver(self, delivery) -> dict[str, Any]:
-        """One attempt at one message, signed with the account's secrets in force; schedules the next on failure."""
-        secrets_in_force = self.store.webhook_secrets(delivery.account)
-        headers = webhooks.sign(secrets_in_force, delivery.delivery_id, time.time(), delivery.payload)
-        record = webhooks.attempt(delivery.url, delivery.payload, headers, self.webhook_policy)
+    async def deliver(self, delivery) -> dict[str, Any]:
+        """One attempt at one claimed message (`service.delivery`); a failure schedules the next."""
+        record, next_at = await deliver_once(self.store, self.owner, delivery, self.webhook_policy, self.retry)
         self.stats.deliveries += 1
-        if webhooks.succeeded(record):
-            self.store.record_attempt(self.owner, delivery.delivery_id, record, None, DELIVERED)
-        else:
-            next_at = self.retry.next_at(delivery.created_at, len(delivery.attempts) + 1)
-            self.retry_due = max(self.retry_due, next_at or 0.0)
-            self.store.record_attempt(self.owner, delivery.delivery_id, record, next_at,
-                                      PENDING if next_at is not None else GAVE_UP)
+        self.retry_due = max(self.retry_due, next_at or 0.0)
         return record
 
     # ------------------------------------------------------------ expiry

@@ -3,6 +3,7 @@ the backoff schedule, and delivery through the SSRF policy (loopback only behind
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -93,10 +94,11 @@ def test_an_attempt_posts_the_signed_body_and_reports_the_answer():
     secret = webhooks.new_secret()
     with Receiver(secret, statuses=[500]) as receiver:
         policy = FetchPolicy(timeout_s=5, allow_private=True)
-        first = webhooks.attempt(receiver.url, BODY, webhooks.sign([secret], "msg_9", time.time(), BODY), policy)
-        second = webhooks.attempt(receiver.url, BODY, webhooks.sign([secret], "msg_9", time.time(), BODY), policy)
-        refused = webhooks.attempt(receiver.url, BODY, webhooks.sign([secret], "msg_9", time.time(), BODY),
-                                   FetchPolicy(timeout_s=5))
+
+        def attempt(policy: FetchPolicy) -> dict:
+            headers = webhooks.sign([secret], "msg_9", time.time(), BODY)
+            return asyncio.run(webhooks.attempt(receiver.url, BODY, headers, policy))
+        first, second, refused = attempt(policy), attempt(policy), attempt(FetchPolicy(timeout_s=5))
     assert (first["status_code"], first["error"]) == (500, "HTTP 500") and not webhooks.succeeded(first)
     assert second["status_code"] == 204 and webhooks.succeeded(second)
     assert refused["status_code"] is None and "non-public" in refused["error"]   # the SSRF policy, per attempt

@@ -1,45 +1,60 @@
-"""Fetching a photo by URL without letting callers reach internal services (SSRF).
+"""Fetching a photo by URL, and POSTing a webhook, without letting callers reach internal services (SSRF).
 
-Every hop (the first request and each redirect) resolves the host, refuses loopback, private, link-local, multicast,
-reserved and cloud-metadata addresses, then connects to the checked address itself (Host header and TLS SNI keep the
-name), so a DNS answer cannot change between the check and the connection. Size is capped, and one deadline covers
-the whole fetch (resolve, connect, headers, body, redirects).
+Every hop (the first request and each redirect) resolves the host, judges every answer by the address policy of
+`avatar.store.addresses` (metadata, link-local, reserved, multicast and unspecified addresses always refused;
+loopback, private and shared space only with `allow_private`), then connects to the checked address itself (Host
+header and TLS SNI keep the name), so a DNS answer cannot change between the check and the connection. Size is
+capped, and one deadline (`within_deadline`) covers the whole request (resolve, connect, headers, body, redirects):
+a peer that drips its answer a byte at a time is cut when the deadline falls, however quick each read is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Awaitable, TypeVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
 from avatar.errors import FetchRefused, PayloadTooLarge
+from avatar.store.addresses import refusal
 
 MAX_REDIRECTS = 3
 _RESOLVER = ThreadPoolExecutor(8, thread_name_prefix="avatar-dns")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class FetchPolicy:
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0       # one deadline for the whole request
     max_bytes: int = 15 * 2**20
-    allow_private: bool = False   # only for tests and closed networks
+    allow_private: bool = False   # loopback, private and shared space: only for tests and closed networks
 
 
 def _check_address(ip: str, policy: FetchPolicy, field: str = "image_url") -> None:
-    addr = ipaddress.ip_address(ip)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    if policy.allow_private and not addr.is_multicast and not addr.is_unspecified:
-        return
-    if not addr.is_global or addr.is_multicast or addr.is_reserved or addr.is_link_local:
-        raise FetchRefused(f"{field} resolves to a non-public address ({addr})", field=field)
+    category = refusal(ip, policy.allow_private)
+    if category is not None:
+        raise FetchRefused(f"{field} resolves to a non-public address ({ip}: {category.value})", field=field)
+
+
+async def within_deadline(work: Awaitable[T], policy: FetchPolicy, field: str) -> T:
+    """`work` (a resolve, a fetch, a POST) bounded as a whole by `policy.timeout_s`; past it the work is cancelled
+    (its connection closed) and the caller gets `<field>_timeout`."""
+    try:
+        async with asyncio.timeout(policy.timeout_s):
+            return await work
+    except TimeoutError:
+        raise FetchRefused(f"{field} did not answer within {policy.timeout_s:g} s", field=field,
+                           code=f"{field}_timeout") from None
+
+
+def _client(policy: FetchPolicy) -> httpx.AsyncClient:
+    """The HTTP client of one request; per-read timeouts stay as a backstop, the deadline is `within_deadline`'s."""
+    return httpx.AsyncClient(timeout=policy.timeout_s, follow_redirects=False, trust_env=False)
 
 
 async def _resolve(host: str, port: int, policy: FetchPolicy, field: str = "image_url") -> str:
@@ -73,19 +88,26 @@ def _split(url: str, field: str = "image_url") -> tuple[str, str, int]:
 def check_url(url: str, policy: FetchPolicy, field: str) -> None:
     """Refuse now what a later request to `url` would refuse (scheme, credentials, a non-public address)."""
     _, host, port = _split(url, field)
-    _blocking(_resolve(host, port, policy, field))
+    _blocking(within_deadline(_resolve(host, port, policy, field), policy, field))
 
 
-def post(url: str, body: bytes, headers: dict[str, str], policy: FetchPolicy, field: str = "webhook_url") -> int:
-    """POST `body` to `url` under the same rules as an image fetch (the address checked and pinned); answers the
-    HTTP status. No redirect is followed (a redirect is an answer like any other non-2xx) and the answer's body is
-    not read: a receiver says all it has to say in its status."""
+async def post(url: str, body: bytes, headers: dict[str, str], policy: FetchPolicy,
+               field: str = "webhook_url") -> int:
+    """POST `body` to `url` under the same rules and the same one deadline as an image fetch (the address checked
+    and pinned; DNS, connect, sending and the answer's headers all inside `policy.timeout_s`); answers the HTTP
+    status. No redirect is followed (a redirect is an answer like any other non-2xx) and the answer's body is not
+    read: a receiver says all it has to say in its status."""
+    return await within_deadline(_post(url, body, headers, policy, field), policy, field)
+
+
+async def _post(url: str, body: bytes, headers: dict[str, str], policy: FetchPolicy, field: str) -> int:
     _, host, port = _split(url, field)
-    ip = _blocking(_resolve(host, port, policy, field))
+    ip = await _resolve(host, port, policy, field)
     pinned = urlunsplit(urlsplit(url)._replace(netloc=_netloc(ip, port)))
     sent = {**headers, "Host": host if port in (80, 443) else f"{host}:{port}"}
-    with httpx.Client(timeout=policy.timeout_s, follow_redirects=False, trust_env=False) as client:
-        with client.stream("POST", pinned, content=body, headers=sent, extensions={"sni_hostname": host}) as resp:
+    async with _client(policy) as client:
+        async with client.stream("POST", pinned, content=body, headers=sent,
+                                 extensions={"sni_hostname": host}) as resp:
             return resp.status_code
 
 
@@ -108,16 +130,11 @@ async def fetch_image_async(url: str, policy: FetchPolicy = FetchPolicy()) -> by
     """GET `url` under `policy`, following at most MAX_REDIRECTS redirects, each re-checked. One deadline
     (`policy.timeout_s`) covers everything: every DNS lookup, connect, TLS, headers (however slowly they drip) and
     body, across redirects."""
-    try:
-        async with asyncio.timeout(policy.timeout_s):
-            return await _fetch(url, policy)
-    except TimeoutError:
-        raise FetchRefused(f"image_url did not answer within {policy.timeout_s:g} s", field="image_url",
-                           code="image_url_timeout") from None
+    return await within_deadline(_fetch(url, policy), policy, "image_url")
 
 
 async def _fetch(url: str, policy: FetchPolicy) -> bytes:
-    async with httpx.AsyncClient(timeout=policy.timeout_s, follow_redirects=False, trust_env=False) as client:
+    async with _client(policy) as client:
         for _ in range(MAX_REDIRECTS + 1):
             scheme, host, port = _split(url)
             ip = await _resolve(host, port, policy)

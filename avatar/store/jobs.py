@@ -105,6 +105,7 @@ class DeliveryRecord:
     next_at: float
     attempts: list[dict[str, Any]] = field(default_factory=list)
     account: str = ""
+    lease_until: float | None = None            # the claim's lease: the send must end before it
 
 
 @dataclass(frozen=True)
@@ -135,9 +136,10 @@ class JobStore(Protocol):
     def complete_job(self, owner: str, job_id: str, state: str, output: dict | None = None,
                      error: dict | None = None) -> bool: ...
     def add_delivery(self, job: JobRecord, event: str, payload: str) -> str: ...
-    def claim_delivery(self, owner: str, lease_s: float) -> DeliveryRecord | None: ...
+    def claim_delivery(self, owner: str, lease_s: float,
+                       per_account: int | None = None) -> DeliveryRecord | None: ...
     def record_attempt(self, owner: str, delivery_id: str, attempt: dict[str, Any], next_at: float | None,
-                       state: str) -> bool: ...
+                       state: str, lease_until: float | None = None) -> bool: ...
     def deliveries(self, job_id: str) -> list[DeliveryRecord]: ...
     def webhook_secrets(self, account: str) -> list[str]: ...
     def webhook_secret(self, account: str) -> tuple[str, float]: ...
@@ -346,17 +348,26 @@ class SqlJobStore:
                        (delivery_id, job.job_id, event, job.webhook_url or "", payload, PENDING, now, now))
         return delivery_id
 
-    def claim_delivery(self, owner: str, lease_s: float) -> DeliveryRecord | None:
+    def claim_delivery(self, owner: str, lease_s: float,
+                       per_account: int | None = None) -> DeliveryRecord | None:
         """The next due delivery, leased to `owner` (a runner that dies mid-send leaves it to the next one). One
         message of a job is in flight at a time, so a job's events arrive in order while the receiver accepts them;
-        a message being retried does not hold back the later ones."""
+        a message being retried does not hold back the later ones. An account has at most `per_account` messages
+        in flight over every runner, and due messages of accounts with fewer in flight go first: a slow receiver
+        costs its own account's sends, not everyone's."""
         now = time.time()
+        limit = per_account if per_account is not None else 2**62
         with self._tx() as db:
             db.serialize("jobs:claim_delivery")
-            row = db.execute("SELECT delivery_id FROM deliveries d WHERE state=? AND next_at<=? "
-                             "AND (owner IS NULL OR lease_until<?) AND NOT EXISTS (SELECT 1 FROM deliveries e "
-                             "WHERE e.job_id=d.job_id AND e.state=? AND e.lease_until>=?) "
-                             "ORDER BY next_at, created_at LIMIT 1", (PENDING, now, now, PENDING, now)).fetchone()
+            row = db.execute(
+                "WITH busy AS (SELECT k.account, COUNT(*) AS n FROM deliveries e JOIN jobs k ON k.job_id=e.job_id "
+                "WHERE e.state=? AND e.lease_until>=? GROUP BY k.account) "
+                "SELECT d.delivery_id FROM deliveries d JOIN jobs j ON j.job_id=d.job_id "
+                "LEFT JOIN busy b ON b.account=j.account WHERE d.state=? AND d.next_at<=? "
+                "AND (d.owner IS NULL OR d.lease_until<?) AND NOT EXISTS (SELECT 1 FROM deliveries e "
+                "WHERE e.job_id=d.job_id AND e.state=? AND e.lease_until>=?) AND COALESCE(b.n, 0)<? "
+                "ORDER BY COALESCE(b.n, 0), d.next_at, d.created_at LIMIT 1",
+                (PENDING, now, PENDING, now, now, PENDING, now, limit)).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE deliveries SET owner=?, lease_until=? WHERE delivery_id=?",
@@ -364,11 +375,14 @@ class SqlJobStore:
             return self._deliveries(db, "d.delivery_id=?", row[0])[0]
 
     def record_attempt(self, owner: str, delivery_id: str, attempt: dict[str, Any], next_at: float | None,
-                       state: str) -> bool:
-        """One send's outcome (every attempt stays visible in the job's status); `next_at` schedules a retry."""
+                       state: str, lease_until: float | None = None) -> bool:
+        """One send's outcome (every attempt stays visible in the job's status); `next_at` schedules a retry.
+        Refused (False) unless `owner` still holds the message, under the claim whose `lease_until` it was given:
+        a send that outlived its lease (and so may overlap the next claim's send) does not overwrite that claim."""
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM deliveries WHERE delivery_id=? AND owner=?",
-                          (delivery_id, owner)).fetchone() is None:
+            if db.execute("SELECT 1 FROM deliveries WHERE delivery_id=? AND owner=? "
+                          "AND (CAST(? AS DOUBLE PRECISION) IS NULL OR lease_until=?)",
+                          (delivery_id, owner, lease_until, lease_until)).fetchone() is None:
                 return False
             n = db.execute("SELECT COUNT(*) FROM delivery_attempts WHERE delivery_id=?", (delivery_id,)).fetchone()[0]
             db.execute("INSERT INTO delivery_attempts VALUES (?,?,?,?,?,?)",
@@ -384,7 +398,7 @@ class SqlJobStore:
 
     def _deliveries(self, db: Tx, where: str, arg: str) -> list[DeliveryRecord]:
         rows = db.execute("SELECT d.delivery_id, d.job_id, d.event, d.url, d.payload, d.state, d.created_at, "
-                          f"d.next_at, j.account FROM deliveries d JOIN jobs j ON j.job_id=d.job_id WHERE {where} "
+                          f"d.next_at, j.account, d.lease_until FROM deliveries d JOIN jobs j ON j.job_id=d.job_id WHERE {where} "
                           "ORDER BY d.created_at", (arg,)).fetchall()
         out = []
         for r in rows:
@@ -392,7 +406,7 @@ class SqlJobStore:
                                   "WHERE delivery_id=? ORDER BY n", (r[0],)).fetchall()
             out.append(DeliveryRecord(*r[:8], attempts=[
                 {"attempt": a[0], "at": a[1], "status_code": a[2], "error": a[3], "duration_ms": a[4]}
-                for a in attempts], account=r[8]))
+                for a in attempts], account=r[8], lease_until=r[9]))
         return out
 
     # ------------------------------------------------------------ webhook secrets
