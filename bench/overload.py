@@ -171,15 +171,17 @@ def main() -> None:
     before = per_process()
     print(f"load average before: {os.getloadavg()[0]:.1f}; {count} Serve processes, idle RSS {idle:.2f} GiB")
     print(f"{'clients':>7s} {'accepted/s':>10s} {'acc p50':>8s} {'acc p95':>8s} {'refused':>8s} "
-          f"{'ref p50':>8s} {'ref p95':>8s} {'retry':>6s} {'healthz':>8s} {'peak RSS':>9s}  statuses")
+          f"{'ref p50':>8s} {'ref p95':>8s} {'retry':>6s} {'hz p50':>8s} {'hz p95':>8s} {'peak RSS':>9s}  statuses")
     for clients in (int(c) for c in args.clients.split(",")):
         r = drive(args.url, image, clients, args.seconds)
         total = len(r["accepted"]) + len(r["refused"])
         share = len(r["refused"]) / total if total else 0.0
+        slow = sum(ms >= 2000 for ms in r["refused"])   # at most this many waited out a 2 s line (or the machine)
         print(f"{clients:7d} {len(r['accepted']) / r['wall']:10.2f} {pct(r['accepted'], 50):7.0f}ms "
               f"{pct(r['accepted'], 95):7.0f}ms {share:7.0%} {pct(r['refused'], 50):7.0f}ms "
-              f"{pct(r['refused'], 95):7.0f}ms {pct(r['retry_after'], 50):5.0f}s {pct(r['health'], 50):7.0f}ms {r['peak_rss']:8.2f}G  "
-              f"{dict(r['statuses'])}  (load {os.getloadavg()[0]:.1f})", flush=True)
+              f"{pct(r['refused'], 95):7.0f}ms {pct(r['retry_after'], 50):5.0f}s {pct(r['health'], 50):7.0f}ms "
+              f"{pct(r['health'], 95):7.0f}ms {r['peak_rss']:8.2f}G  {dict(r['statuses'])}, {slow} refusals >= 2 s  "
+              f"(load {os.getloadavg()[0]:.1f})", flush=True)
     time.sleep(args.settle)
     after, _, _ = memory()
     print(f"memory after {args.settle:.0f} s idle: RSS {after:.2f} GiB ({(after / idle - 1):+.0%} against idle "
