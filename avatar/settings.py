@@ -62,7 +62,9 @@ class Settings(BaseSettings):
                                                          "addresses stay refused.")
     proxy_max_body_bytes: int = Field(21 * 2**20, gt=0, description="Serve proxy: largest request body (the ingress's "
                                                                     "max_body_bytes plus multipart framing).")
-    proxy_max_upload_bytes: int = Field(201 * 2**20, gt=0, description="Serve proxy: largest body on /v1/styles.")
+    proxy_upload_routes: dict[str, int] = Field(default_factory=dict, description="Serve proxy: the body cap of each "
+                                                "route that takes large uploads, JSON {\"POST /v1/batches\": bytes, "
+                                                "...} (default: derived from serve_config.yaml).")
     proxy_max_buffered_bytes: int = Field(512 * 2**20, gt=0, description="Serve proxy: request bodies held at once.")
     proxy_header_timeout_s: float = Field(10.0, gt=0, description="Serve proxy: deadline for a request's headers.")
     proxy_max_header_bytes: int = Field(64 * 2**10, gt=0, description="Serve proxy: largest request head.")

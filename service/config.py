@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,12 +18,14 @@ from service.admission import AdmissionConfig
 
 INGRESS = "AvatarIngress"
 RUNNER = "JobRunner"
+FRAMING_BYTES = 2**20   # what Serve's proxy allows on top of a payload cap: multipart boundaries and part headers
 
 
 class StylesConfig(BaseModel):
     """Custom styles over HTTP (docs/custom_styles.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    upload_route: ClassVar[str] = "POST /v1/styles"   # takes `max_upload_bytes` of examples
 
     training: dict[str, Any] = Field(default_factory=dict, description="trainer defaults for jobs started over HTTP")
     max_upload_bytes: int = Field(200 * 2**20, gt=0, description="whole multipart upload of examples")
@@ -37,6 +39,7 @@ class BatchesConfig(BaseModel):
     """Team batches over HTTP (`POST /v1/batches`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    upload_route: ClassVar[str] = "POST /v1/batches"   # takes `max_upload_bytes` of photos (multipart) or JSON
 
     max_items: int = Field(500, ge=1, le=100_000, description="members in one batch")
     max_upload_bytes: int = Field(256 * 2**20, gt=0, description="whole request (JSON or multipart)")
@@ -88,6 +91,14 @@ class IngressConfig(BaseModel):
     accounts: AccountsConfig = Field(AccountsConfig(), description="credits, rate limits and plans (avatar.billing)")
     batches: BatchesConfig = BatchesConfig()
 
+    def upload_routes(self) -> dict[str, int]:
+        """The routes that legitimately take large uploads, each with the whole body it accepts
+        (`{"POST /v1/batches": bytes}`): every section that names an `upload_route`. The one table Serve's proxy guard
+        caps bodies by (`proxy_body_caps`); every other route gets `max_body_bytes`."""
+        sections = (getattr(self, name) for name in type(self).model_fields)
+        return {section.upload_route: section.max_upload_bytes for section in sections
+                if isinstance(getattr(type(section), "upload_route", None), str)}
+
 
 def ingress_config(raw: dict[str, Any] | None) -> IngressConfig:
     try:
@@ -130,6 +141,15 @@ def app_config(config: dict[str, Any], name: str = "avatar") -> dict[str, Any]:
         if app["name"] == name:
             return app
     raise KeyError(f"no application {name!r} in the serve config")
+
+
+def proxy_body_caps(config: dict[str, Any]) -> tuple[int, dict[str, int]]:
+    """What Serve's proxy lets through, from the ingress's `user_config`: the body cap of every route, and each upload
+    route's own (`IngressConfig.upload_routes`), both with room for multipart framing."""
+    raw = next((d.get("user_config") for d in app_config(config)["deployments"] if d["name"] == INGRESS), None)
+    ingress = ingress_config(raw)
+    uploads = {route: cap + FRAMING_BYTES for route, cap in ingress.upload_routes().items()}
+    return ingress.max_body_bytes + FRAMING_BYTES, uploads
 
 
 def apply_cpu_profile(config: dict[str, Any], cpus_per_replica: float = 0.1, node_cpus: float | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -11,8 +12,8 @@ from typing import Any
 from pathlib import Path
 
 from avatar.settings import shared_secret_file
-from service.config import (CONFIG_PATH, INGRESS, app_config, apply_cpu_profile, check_user_configs,
-                            deployment_options, ingress_config, load_config)
+from service.config import (CONFIG_PATH, app_config, apply_cpu_profile, check_user_configs, deployment_options,
+                            load_config, proxy_body_caps)
 from service.proxy_guard import CALLBACK, CALLBACK_ENV
 from training.gate import node_resources
 
@@ -59,10 +60,9 @@ def ray_environment(config_path: str = str(CONFIG_PATH)) -> dict[str, str]:
     env = {CALLBACK_ENV: CALLBACK, "MALLOC_ARENA_MAX": "2"}
     if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
         env["RAY_AUTH_TOKEN_PATH"] = str(ray_token_path())
-    ingress = ingress_config(next((d.get("user_config") for d in app_config(load_config(config_path))["deployments"]
-                                   if d["name"] == INGRESS), None))
-    env["AVATAR_PROXY_MAX_BODY_BYTES"] = str(ingress.max_body_bytes + 2**20)           # + multipart framing
-    env["AVATAR_PROXY_MAX_UPLOAD_BYTES"] = str(ingress.styles.max_upload_bytes + 2**20)
+    max_body, uploads = proxy_body_caps(load_config(config_path))
+    env["AVATAR_PROXY_MAX_BODY_BYTES"] = str(max_body)
+    env["AVATAR_PROXY_UPLOAD_ROUTES"] = json.dumps(uploads)   # e.g. {"POST /v1/batches": 269484032, ...}
     return env
 
 

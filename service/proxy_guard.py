@@ -8,18 +8,20 @@ they like. Serve offers one hook into its proxy process: `RAY_SERVE_HTTP_PROXY_C
 returns ASGI middlewares and runs before the proxy's HTTP server starts. `proxy_middlewares` is that callable:
 
 - `BodyGuard` (ASGI): reads each body before the request is forwarded, refusing it as soon as it passes the route's
-  cap (413) or an overall budget of bodies in flight (503), or when the client stalls or is too slow (408); the
-  refusal carries `Connection: close`, so the connection is cut there. Slow clients therefore never reach an ingress
-  slot. It also turns the proxy's own error answers (timeouts, backpressure, an ingress replica that died) into the
-  service's JSON error shape with `Retry-After`.
+  cap (413: `max_body_bytes`, or the upload allowance of a route in `upload_routes`) or an overall budget of bodies
+  in flight (503), or when the client stalls or is too slow (408); the refusal carries `Connection: close`, so the
+  connection is cut there. Slow clients therefore never reach an ingress slot. It also turns the proxy's own error
+  answers (timeouts, backpressure, an ingress replica that died) into the service's JSON error shape with
+  `Retry-After`.
 - `GuardedHttpToolsProtocol` (the uvicorn protocol the proxy uses): a deadline for each request's headers, a cap on
   their size and on open connections, and JSON for malformed requests. Serve builds its uvicorn server without a
   way to pass a protocol class, so the callable points uvicorn's "auto" protocol at this subclass (in the proxy
   process only).
 
 Limits come from `AVATAR_PROXY_*` settings (`avatar/settings.py`); `service.launcher` sets the hook and the body caps
-from serve_config.yaml for the embedded service. A load balancer in front should cap the same things (README,
-"Operating it").
+from serve_config.yaml for the embedded service (`service.config.proxy_body_caps`: the upload routes are the config
+sections that name one, so the proxy and the ingress follow one table). A load balancer in front should cap the same
+things (README, "Operating it").
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.middleware import Middleware
@@ -37,13 +40,12 @@ log = logging.getLogger("avatar.proxy")
 
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "service.proxy_guard:proxy_middlewares"
-UPLOAD_PREFIXES = ("/v1/styles",)     # routes that take the large example uploads
 
 
 @dataclass(frozen=True)
 class ProxyLimits:
     max_body_bytes: int = 21 * 2**20          # the ingress's max_body_bytes plus multipart framing
-    max_upload_bytes: int = 201 * 2**20       # /v1/styles example uploads
+    upload_routes: Mapping[str, int] = field(default_factory=dict)   # "POST /v1/batches" -> its own body cap
     max_buffered_bytes: int = 512 * 2**20     # all bodies being read at once, per proxy
     header_timeout_s: float = 10.0
     max_header_bytes: int = 64 * 2**10
@@ -56,13 +58,23 @@ class ProxyLimits:
     def from_settings(cls) -> "ProxyLimits":
         from avatar.settings import settings
         env = settings()
-        return cls(env.proxy_max_body_bytes, env.proxy_max_upload_bytes, env.proxy_max_buffered_bytes,
-                   env.proxy_header_timeout_s, env.proxy_max_header_bytes, env.proxy_body_timeout_s,
-                   env.proxy_body_idle_s, env.proxy_max_connections)
+        return cls(max_body_bytes=env.proxy_max_body_bytes,
+                   upload_routes=env.proxy_upload_routes or _configured_upload_routes(),
+                   max_buffered_bytes=env.proxy_max_buffered_bytes, header_timeout_s=env.proxy_header_timeout_s,
+                   max_header_bytes=env.proxy_max_header_bytes, body_timeout_s=env.proxy_body_timeout_s,
+                   body_idle_s=env.proxy_body_idle_s, max_connections=env.proxy_max_connections)
 
     def cap_for(self, scope: Scope) -> int:
-        path = scope.get("path", "")
-        return self.max_upload_bytes if path.startswith(UPLOAD_PREFIXES) else self.max_body_bytes
+        """The route's upload allowance (method and exact path), else the normal body cap."""
+        path = scope.get("path", "").rstrip("/") or "/"
+        return self.upload_routes.get(f"{scope.get('method', '')} {path}", self.max_body_bytes)
+
+
+def _configured_upload_routes() -> dict[str, int]:
+    """Where AVATAR_PROXY_UPLOAD_ROUTES is not set (a cluster whose pods set only the hook): the allowances of the
+    serve_config.yaml installed with the service."""
+    from service.config import load_config, proxy_body_caps
+    return proxy_body_caps(load_config())[1]
 
 
 def proxy_middlewares() -> list[Middleware]:

@@ -1,7 +1,9 @@
-"""Admission without a cluster: request validation, photo decoding limits, signed URLs, storage, URL fetch policy."""
+"""Admission without a cluster: request validation, photo decoding limits, signed URLs, storage, URL fetch policy, and
+the gate of pipeline turns (service/admission.py) on an injected clock."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import threading
@@ -13,10 +15,12 @@ from PIL import Image
 
 from avatar.store import fetch as fetch_mod
 from avatar.contracts import GenerateRequest, parse_request
-from avatar.errors import AvatarError, FetchRefused, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType
+from avatar.errors import (AvatarError, FetchRefused, Forbidden, NotFound, Overloaded, PayloadTooLarge,
+                           UnsupportedMediaType)
 from avatar.store.fetch import FetchPolicy, fetch_image
 from avatar.vision.imageio import b64decode_image, decode_photo
 from avatar.store.storage import Storage, UrlSigner
+from service.admission import Admission, AdmissionConfig
 
 
 def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -146,3 +150,164 @@ def test_input_cache_expires_and_is_per_account(tmp_path, monkeypatch):
     with pytest.raises(NotFound):
         cache.get("acc_a", input_id)               # expired
     assert cache.maybe_sweep() == 1 and cache.storage.list("inputs") == []
+
+
+# ---------------------------------------------------------------- pipeline turns: the wait follows the service rate
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Cue:
+    """Stands in for `asyncio.wait_for(turn, budget)`: records each waiter's budget; `expire()` times out everyone
+    waiting at that moment, as if their budgets had run out."""
+
+    def __init__(self) -> None:
+        self.budgets: list[float] = []
+        self._expired = asyncio.Event()
+
+    async def __call__(self, awaitable, budget: float):
+        self.budgets.append(budget)
+        turn = asyncio.ensure_future(awaitable)
+        expired = asyncio.ensure_future(self._expired.wait())
+        done, _ = await asyncio.wait({turn, expired}, return_when=asyncio.FIRST_COMPLETED)
+        expired.cancel()
+        if turn in done:
+            return turn.result()
+        turn.cancel()
+        raise TimeoutError
+
+    def expire(self) -> None:
+        self._expired.set()
+
+
+async def _turn(gate: Admission, done: asyncio.Event) -> None:
+    """One request: takes a turn, holds it until `done`, gives it back (in its own task, as a route does)."""
+    await gate.acquire(None)
+    try:
+        await done.wait()
+    finally:
+        gate.release(None)
+
+
+async def _learn(gate: Admission, clock: Clock, seconds: float, turns: int) -> None:
+    """`turns` requests run at once and each takes `seconds` on the clock."""
+    done = asyncio.Event()
+    tasks = [asyncio.create_task(_turn(gate, done)) for _ in range(turns)]
+    await asyncio.sleep(0)
+    assert gate.running == turns
+    clock.now += seconds
+    done.set()
+    await asyncio.gather(*tasks)
+
+
+async def _hold(gate: Admission, turns: int) -> tuple[asyncio.Event, list[asyncio.Task]]:
+    done = asyncio.Event()
+    tasks = [asyncio.create_task(_turn(gate, done)) for _ in range(turns)]
+    await asyncio.sleep(0)
+    return done, tasks
+
+
+def _gate(clock: Clock, cue: Cue, **config) -> Admission:
+    return Admission(AdmissionConfig(**{"max_running": 2, "max_waiting": 10, "max_wait_s": 2.0, **config}),
+                     clock=clock, wait=cue)
+
+
+def test_a_request_expected_to_wait_too_long_is_refused_at_once():
+    """Turns take 4 s with 2 running, so one ends every 2 s: the first in line (2 s) waits, the second (4 s) is
+    refused without waiting, with a Retry-After of its expected wait."""
+    async def scenario() -> None:
+        clock, cue = Clock(), Cue()
+        gate = _gate(clock, cue)
+        await _learn(gate, clock, 4.0, turns=2)
+        done, running = await _hold(gate, 2)
+        first = asyncio.create_task(_turn(gate, done))
+        second = asyncio.create_task(_turn(gate, done))
+        await asyncio.sleep(0)
+        assert not first.done() and gate.waiting == 1 and cue.budgets == [2.0]
+        assert second.done() and isinstance(second.exception(), Overloaded)
+        assert second.exception().extra["retry_after_s"] == 4
+        done.set()
+        await asyncio.gather(*running, first)   # the waiter got the turn one of them gave back
+        assert gate.running == 0 and gate.waiting == 0
+    asyncio.run(scenario())
+
+
+def test_the_estimate_follows_the_measured_service_time():
+    """When turns speed up from 4 s to 1.2 s the line holds three (expected 0.6, 1.2, 1.8 s) where it held one, and
+    the fourth (2.4 s) is refused; when they slow to 8 s, even the first in line is refused at once."""
+    async def scenario() -> None:
+        clock, cue = Clock(), Cue()
+        gate = _gate(clock, cue)
+        await _learn(gate, clock, 4.0, turns=2)
+        assert gate.expected_wait(2) == pytest.approx(4.0)
+        for _ in range(15):
+            await _learn(gate, clock, 1.2, turns=2)
+        assert 1.2 < gate.service_time_s < 1.25
+        done, running = await _hold(gate, 2)
+        line = [asyncio.create_task(_turn(gate, done)) for _ in range(4)]
+        await asyncio.sleep(0)
+        assert [t.done() for t in line] == [False, False, False, True] and gate.waiting == 3
+        assert isinstance(line[3].exception(), Overloaded) and line[3].exception().extra["retry_after_s"] == 3
+        done.set()
+        await asyncio.gather(*running, *line[:3])
+        for _ in range(3):
+            await _learn(gate, clock, 8.0, turns=2)
+        done, running = await _hold(gate, 2)
+        with pytest.raises(Overloaded):
+            await gate.acquire(None)
+        assert len(cue.budgets) == 3   # only the three that waited above ever waited
+        done.set()
+        await asyncio.gather(*running)
+    asyncio.run(scenario())
+
+
+def test_a_waiter_is_refused_when_its_budget_runs_out():
+    async def scenario() -> None:
+        clock, cue = Clock(), Cue()
+        gate = _gate(clock, cue, max_running=1)
+        await _learn(gate, clock, 1.5, turns=1)
+        done, running = await _hold(gate, 1)
+        waiter = asyncio.create_task(_turn(gate, done))
+        await asyncio.sleep(0)
+        assert not waiter.done() and cue.budgets == [2.0]   # expected 1.5 s; it may wait up to max_wait_s
+        cue.expire()
+        with pytest.raises(Overloaded) as refused:
+            await waiter
+        assert refused.value.extra["retry_after_s"] == 2 and gate.waiting == 0
+        done.set()
+        await asyncio.gather(*running)
+        assert gate.running == 0
+    asyncio.run(scenario())
+
+
+def test_before_any_turn_ends_the_line_is_bounded_by_count():
+    async def scenario() -> None:
+        clock, cue = Clock(), Cue()
+        gate = _gate(clock, cue, max_running=1, max_waiting=1, retry_after_s=3)
+        done, running = await _hold(gate, 1)
+        first = asyncio.create_task(_turn(gate, done))
+        second = asyncio.create_task(_turn(gate, done))
+        await asyncio.sleep(0)
+        assert not first.done() and second.done()
+        assert second.exception().extra["retry_after_s"] == 3   # nothing measured yet: the configured value
+        done.set()
+        await asyncio.gather(*running, first)
+    asyncio.run(scenario())
+
+
+def test_retry_after_is_capped():
+    async def scenario() -> None:
+        clock, cue = Clock(), Cue()
+        gate = _gate(clock, cue, max_running=1, max_retry_after_s=30)
+        await _learn(gate, clock, 600.0, turns=1)
+        done, running = await _hold(gate, 1)
+        with pytest.raises(Overloaded) as refused:
+            await gate.acquire(None)
+        assert refused.value.extra["retry_after_s"] == 30 and cue.budgets == []
+        done.set()
+        await asyncio.gather(*running)
+    asyncio.run(scenario())

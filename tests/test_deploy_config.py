@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -136,7 +137,9 @@ def test_the_embedded_ray_gets_the_proxy_guard_and_no_auth_opt_out(monkeypatch):
     env = ray_environment()
     assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "service.proxy_guard:proxy_middlewares"
     assert env.get("RAY_AUTH_MODE") != "disabled" and env["RAY_AUTH_TOKEN_PATH"]
-    assert int(env["AVATAR_PROXY_MAX_BODY_BYTES"]) > 20 * 2**20 and int(env["AVATAR_PROXY_MAX_UPLOAD_BYTES"]) > 200 * 2**20
+    uploads = json.loads(env["AVATAR_PROXY_UPLOAD_ROUTES"])
+    assert int(env["AVATAR_PROXY_MAX_BODY_BYTES"]) > 20 * 2**20
+    assert uploads["POST /v1/styles"] > 200 * 2**20 and uploads["POST /v1/batches"] > 256 * 2**20
 
 
 # ------------------------------------------------------------------------------------------ shared state on k8s

@@ -124,6 +124,15 @@ def test_a_chunked_upload_is_cut_at_the_cap_before_the_app(stack):
     assert growth < 150 * 2**20, f"the proxy grew by {growth / 2**20:.0f} MiB"
 
 
+def test_a_batch_upload_past_the_normal_cap_reaches_the_app(stack):
+    """POST /v1/batches has its own allowance in the proxy (batches.max_upload_bytes): a 30 MiB multipart body gets
+    the app's answer (here: no API key), not the proxy's 413 at the 21 MiB cap of every other route."""
+    resp = stack.post("/v1/batches", content=b"x" * (30 * 2**20),
+                      headers={"content-type": "multipart/form-data; boundary=b"})
+    assert resp.status_code != 413 and resp.json()["error"]["code"] != "payload_too_large", resp.text
+    assert resp.status_code in (400, 401), resp.text
+
+
 # ---------------------------------------------------------------- 2: slow clients do not hold the service
 def test_slow_clients_do_not_hold_the_service(stack, photo):
     stop = threading.Event()

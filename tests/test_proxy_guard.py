@@ -19,8 +19,9 @@ from service.proxy_guard import BodyGuard, ProxyLimits
 
 pytestmark = pytest.mark.timeout(90)
 
-LIMITS = ProxyLimits(max_body_bytes=1 * 2**20, max_upload_bytes=2 * 2**20, max_buffered_bytes=8 * 2**20,
-                     header_timeout_s=1.0, body_timeout_s=3.0, body_idle_s=1.0, max_connections=40)
+LIMITS = ProxyLimits(max_body_bytes=1 * 2**20, upload_routes={"POST /v1/styles": 2 * 2**20},
+                     max_buffered_bytes=8 * 2**20, header_timeout_s=1.0, body_timeout_s=3.0, body_idle_s=1.0,
+                     max_connections=40)
 
 
 class Inner:
@@ -60,12 +61,17 @@ class Inner:
 
 @pytest.fixture()
 def server(monkeypatch):
+    yield from _serve(monkeypatch, LIMITS)
+
+
+def _serve(monkeypatch, limits: ProxyLimits):
+    """A uvicorn server with the guard in front of an `Inner` app, until the generator is closed."""
     import uvicorn.config
     monkeypatch.setitem(uvicorn.config.HTTP_PROTOCOLS, "auto", uvicorn.config.HTTP_PROTOCOLS["auto"])
-    proxy_guard.install_protocol(LIMITS)
+    proxy_guard.install_protocol(limits)
     inner = Inner()
     sock = socket.create_server(("127.0.0.1", 0))
-    config = uvicorn.Config(BodyGuard(inner, LIMITS), log_level="critical", lifespan="off", access_log=False)
+    config = uvicorn.Config(BodyGuard(inner, limits), log_level="critical", lifespan="off", access_log=False)
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -119,10 +125,10 @@ def _closed(s: socket.socket, timeout: float = 5) -> bool:
         return False
 
 
-def _stream_chunked(port: int, path: str, total: int) -> tuple[int, int, dict]:
+def _stream_chunked(port: int, path: str, total: int, method: str = "POST") -> tuple[int, int, dict]:
     """Send up to `total` bytes as a chunked body; returns (bytes the server took before cutting, status, body)."""
     s = _connect(port)
-    s.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    s.sendall(f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
               "transfer-encoding: chunked\r\n\r\n".encode())
     piece = b"x" * 65536
     frame = b"%x\r\n" % len(piece) + piece + b"\r\n"
@@ -153,6 +159,61 @@ def test_the_upload_route_has_its_own_cap(server):
     assert status == 200
     _, status, _ = _stream_chunked(server.port, "/v1/styles", 40 * 2**20)
     assert status == 413
+
+
+@pytest.fixture()
+def configured(monkeypatch, tmp_path):
+    """The guard as the embedded service sets it up: limits from a serve config (small caps) through the launcher's
+    environment and the proxy's settings."""
+    import yaml
+    from service.config import INGRESS, app_config, load_config
+    from service.launcher import ray_environment
+    config = load_config()
+    ingress = next(d for d in app_config(config)["deployments"] if d["name"] == INGRESS)
+    ingress["user_config"].update(max_body_bytes=512 * 2**10)
+    ingress["user_config"]["styles"]["max_upload_bytes"] = 3 * 2**20
+    ingress["user_config"]["batches"]["max_upload_bytes"] = 5 * 2**20
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "unused")   # no token file is made for this
+    for key, value in ray_environment(str(path)).items():
+        monkeypatch.setenv(key, value)
+    limits = ProxyLimits.from_settings()
+    yield from _serve(monkeypatch, limits)
+
+
+def test_each_upload_route_gets_the_allowance_the_config_gives_it(configured):
+    """POST /v1/batches (multipart team uploads) and POST /v1/styles take their configured upload size plus framing;
+    every other route, and other methods on those paths, keep the normal body cap (512 KiB + 1 MiB here)."""
+    assert _stream_chunked(configured.port, "/v1/batches", 5 * 2**20)[1] == 200
+    assert _stream_chunked(configured.port, "/v1/styles", 3 * 2**20)[1] == 200
+    assert _stream_chunked(configured.port, "/v1/styles", 5 * 2**20)[1] == 413    # styles' own cap, not batches'
+    for method, path in (("POST", "/v1/avatar/generate"), ("PUT", "/v1/batches"), ("POST", "/v1/styles/s_1"),
+                         ("POST", "/v1/jobs/j_1/cancel")):
+        sent, status, body = _stream_chunked(configured.port, path, 3 * 2**20, method=method)
+        assert status == 413 and body["error"]["message"].endswith("exceeds 1572864 bytes"), (method, path, body)
+    assert configured.seen == 2
+
+
+def test_without_the_table_in_the_environment_the_proxy_takes_the_installed_config(monkeypatch):
+    """A cluster pod that sets only the hook (no AVATAR_PROXY_UPLOAD_ROUTES) still lets batches through."""
+    from service.config import FRAMING_BYTES, load_config, proxy_body_caps
+    monkeypatch.delenv("AVATAR_PROXY_UPLOAD_ROUTES", raising=False)
+    limits = ProxyLimits.from_settings()
+    batches = limits.cap_for({"type": "http", "method": "POST", "path": "/v1/batches/"})
+    assert batches == proxy_body_caps(load_config())[1]["POST /v1/batches"] > 256 * 2**20
+    assert limits.cap_for({"type": "http", "method": "GET", "path": "/v1/batches"}) == limits.max_body_bytes
+    assert limits.max_body_bytes < 20 * 2**20 + 2 * FRAMING_BYTES
+
+
+def test_the_upload_table_names_routes_the_app_serves():
+    """A route renamed in the app without the table following would be cut at the normal cap again."""
+    from service.app import app
+    from service.config import IngressConfig
+    served = {f"{method.upper()} {path}" for path, ops in app.openapi()["paths"].items() for method in ops}
+    table = IngressConfig().upload_routes()
+    assert set(table) == {"POST /v1/batches", "POST /v1/styles"} and set(table) <= served
+    assert table["POST /v1/batches"] == IngressConfig().batches.max_upload_bytes
 
 
 def test_a_declared_length_over_the_cap_is_refused_before_reading(server):
