@@ -4,6 +4,7 @@ starts, and the CPU profile for machines without a GPU. The ingress's own `user_
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -150,6 +151,14 @@ def proxy_body_caps(config: dict[str, Any]) -> tuple[int, dict[str, int]]:
     ingress = ingress_config(raw)
     uploads = {route: cap + FRAMING_BYTES for route, cap in ingress.upload_routes().items()}
     return ingress.max_body_bytes + FRAMING_BYTES, uploads
+
+
+def proxy_environment(config: dict[str, Any]) -> dict[str, str]:
+    """The proxy guard's variables (`service.proxy_guard`) for `config`: set by the launcher on the local Ray and
+    written into every pod by k8s/render.py, so the proxy never has to read the config itself."""
+    max_body, uploads = proxy_body_caps(config)
+    return {"AVATAR_PROXY_MAX_BODY_BYTES": str(max_body),
+            "AVATAR_PROXY_UPLOAD_ROUTES": json.dumps(uploads, sort_keys=True)}   # {"POST /v1/batches": 269484032}
 
 
 def apply_cpu_profile(config: dict[str, Any], cpus_per_replica: float = 0.1, node_cpus: float | None = None

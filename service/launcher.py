@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from avatar.settings import shared_secret_file
 from service.config import (CONFIG_PATH, app_config, apply_cpu_profile, check_user_configs, deployment_options,
-                            load_config, proxy_body_caps)
+                            load_config, proxy_environment)
 from service.proxy_guard import CALLBACK, CALLBACK_ENV
 from training.gate import node_resources
 
@@ -60,9 +59,7 @@ def ray_environment(config_path: str = str(CONFIG_PATH)) -> dict[str, str]:
     env = {CALLBACK_ENV: CALLBACK, "MALLOC_ARENA_MAX": "2"}
     if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
         env["RAY_AUTH_TOKEN_PATH"] = str(ray_token_path())
-    max_body, uploads = proxy_body_caps(load_config(config_path))
-    env["AVATAR_PROXY_MAX_BODY_BYTES"] = str(max_body)
-    env["AVATAR_PROXY_UPLOAD_ROUTES"] = json.dumps(uploads)   # e.g. {"POST /v1/batches": 269484032, ...}
+    env.update(proxy_environment(load_config(config_path)))
     return env
 
 

@@ -23,6 +23,20 @@ def test_rayservice_embeds_the_serve_config():
     assert any("nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"] for g in groups)
 
 
+def test_every_pod_gives_the_proxy_the_body_caps_of_the_config():
+    """The proxies of a cluster enforce the caps `make run` enforces (not a fallback read of some other config)."""
+    from service.config import proxy_environment
+    manifest = yaml.safe_load((ROOT / "k8s" / "rayservice.yaml").read_text())
+    spec = manifest["spec"]["rayClusterConfig"]
+    pods = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    expected = proxy_environment(load_config())
+    assert json.loads(expected["AVATAR_PROXY_UPLOAD_ROUTES"])["POST /v1/batches"] > int(
+        expected["AVATAR_PROXY_MAX_BODY_BYTES"])
+    for pod in pods:
+        env = {e["name"]: e.get("value") for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert {k: env.get(k) for k in expected} == expected
+
+
 def test_every_stage_is_configured_with_its_own_scaling_and_gpu_share():
     from avatar.flow.names import Stage
     from service.ingress import AvatarIngress
