@@ -3,6 +3,8 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
+# `make bench BENCH_ARGS="--requests 1 --sizes standard --styles corporate_headshot --concurrency 1"`: a quick run.
+BENCH_ARGS ?=
 # The CPU build of torch: a local wheel folder where the machine has one, else PyTorch's CPU index.
 WHEELS  ?= /opt/wheels
 TORCH_SRC := $(if $(wildcard $(WHEELS)/torch-*.whl),--find-links $(WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
@@ -30,7 +32,7 @@ test: models
 	$(PY) -m pytest -q -ra tests
 
 bench: models
-	$(PY) bench/latency.py
+	$(PY) bench/latency.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

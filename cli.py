@@ -10,6 +10,7 @@ from pathlib import Path
 
 from avatar.errors import AvatarError, InvalidRequest
 from avatar.settings import SharedSecretMissing
+from service import CONFIG_PATH
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -47,9 +48,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from avatar.settings import settings
+    config = Path(args.config)
+    if not config.is_file():   # before Ray starts, and as an answer rather than a traceback
+        raise InvalidRequest(f"no serve config at {config}; pass --config PATH", field="config",
+                             code="config_not_found")
     settings().check_shared_secrets()   # before Ray starts: a per-node secret must not reach a shared store
     from service.launcher import serve_forever
-    serve_forever(args.host, args.port, args.profile, args.config, args.dashboard)
+    serve_forever(args.host, args.port, args.profile, str(config), args.dashboard)
     return 0
 
 
@@ -241,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--profile", choices=("auto", "cpu", "gpu"), default="auto",
                        help="cpu: no GPU asks (chosen automatically when Ray sees no GPU)")
-    serve.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "serve_config.yaml"))
+    serve.add_argument("--config", default=str(CONFIG_PATH),
+                       help="the Serve config (default: the repository's, %(default)s)")
     serve.add_argument("--dashboard", action="store_true", help="also start the Ray dashboard (needs ray[default])")
     serve.set_defaults(func=_cmd_serve)
 
@@ -300,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--engine", type=_training_engine, default="cpu",
                        help="cpu: a colour LUT token; diffusion: a textual-inversion token on a recipe's base model")
     train.add_argument("--recipes", default=None,
-                       help="diffusion: the recipe YAML the service uses (default configs/diffusion.yaml)")
+                       help="diffusion: the recipe YAML the service uses (default: the repository's "
+                            "configs/diffusion.yaml)")
     train.add_argument("--epochs", type=int, default=None, help="default 8 (cpu), 4 (diffusion)")
     train.add_argument("--workers", type=int, default=2)
     train.add_argument("--cpus-per-worker", dest="cpus_per_worker", type=float, default=1.0)

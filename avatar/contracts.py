@@ -75,7 +75,7 @@ class GenerateRequest(BaseModel):
     @classmethod
     def _border_width(cls, value: Any) -> Any:
         if isinstance(value, bool):
-            raise PydanticCustomError("invalid_border_width", "border_width must be a whole number of pixels")
+            raise PydanticCustomError("invalid_field", "border_width must be a whole number of pixels")
         return value
 
     @field_validator("style")
@@ -132,8 +132,9 @@ def _one_source(req: "GenerateRequest | CheckRequest | BatchItem") -> None:
 
 
 def validation_error(err: dict[str, Any]) -> InvalidRequest:
-    """One pydantic error as the API's 422: the field from the error's location (or its context, for rules that
-    span fields), a stable code from its type."""
+    """One pydantic error as the API's 422: the field (a path such as `items[3].external_id`) from the error's
+    location (or its context, for rules that span fields), a stable code from its type: a rule's own code, else
+    `unknown_field` or `invalid_field`. A code never carries a field path: clients match codes and read `field`."""
     loc = [str(p) for p in err.get("loc", ()) if p != "__root__"]
     if loc and loc[0] in ("body", "query", "path", "header", "cookie"):   # where FastAPI found it, not the field
         loc = loc[1:]
@@ -148,7 +149,7 @@ def validation_error(err: dict[str, Any]) -> InvalidRequest:
     elif kind.startswith(("unknown_", "invalid_")):
         code = kind
     else:
-        code = "invalid_" + (field or "request")
+        code = "invalid_field" if field else "invalid_request"
     where = ".".join(loc) if loc else None
     text = message if where is None or message.startswith(f"unknown {where}") else f"{where}: {message}"
     return InvalidRequest(text, field=field, code=code)

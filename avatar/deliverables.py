@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._ @+=-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._ @+=-]+")   # ASCII only: none of <>:"/\|?*, control or path characters
+# Device names Windows reserves whatever the extension (CON.png, nul.tar.gz): teams often unpack the ZIP there.
+_RESERVED = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])( *)(\..*)?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -24,9 +26,12 @@ class Member:
 
 
 def file_name(external_id: str, taken: set[str]) -> str:
-    """A safe, unique `<external_id>.png` (path separators and control characters replaced; repeats numbered)."""
-    base = re.sub(r"\.{2,}", "_", _UNSAFE.sub("_", external_id)).strip(" .") or "item"
-    base = base[:120]
+    """A unique `<external_id>.png` that unpacks safely on Linux, macOS and Windows: characters outside a portable
+    ASCII set replaced, no leading or trailing dots and spaces, Windows device names (CON, NUL, COM1, ...) prefixed
+    with `_`; repeats numbered, case-insensitively."""
+    base = re.sub(r"\.{2,}", "_", _UNSAFE.sub("_", external_id))[:120].strip(" .") or "item"
+    if _RESERVED.fullmatch(base):
+        base = f"_{base}"
     name, n = f"{base}.png", 2
     while name.lower() in taken:
         name, n = f"{base}_{n}.png", n + 1

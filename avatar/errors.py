@@ -94,6 +94,13 @@ class StageFailed(AvatarError):
     status, code = 500, "stage_failed"
 
 
+class InternalError(AvatarError):
+    """An unexpected failure outside the pipeline (a bug, a broken dependency): the answer names no internals, only a
+    request id that the operator finds in the service's log."""
+
+    status, code = 500, "internal_error"
+
+
 class InsufficientCredits(AvatarError):
     """The account's balance is below the avatar's price: refused before any work (402)."""
 

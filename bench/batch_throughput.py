@@ -62,20 +62,16 @@ def ray_data(items: list[tuple[str, bytes]], cpus: int, actors: int):
 
 
 def serve_batch(items: list[tuple[str, bytes]], cpus: int, concurrency: int) -> float:
-    import socket
-
     import ray
     from ray import serve
 
     from avatar.store.accounts import open_account_store
-    from service.launcher import deploy, init_local_ray
+    from service.launcher import deploy, free_port, init_local_ray
     data = tempfile.mkdtemp(prefix="bench-data-")
     os.environ.update({"AVATAR_DATA_DIR": data, "AVATAR_SIGNING_SECRET": "bench"})
     _, key = open_account_store().create_account("bench")
     init_local_ray(num_cpus=cpus, temp_dir=tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     try:
         deploy(profile="cpu", port=port, overrides={"JobRunner": {"max_concurrency": concurrency, "poll_s": 0.1}})
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300,

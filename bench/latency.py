@@ -1,9 +1,11 @@
 """End-to-end latency, per-stage time, throughput and replica memory of the avatar service, through HTTP.
 
-Starts the embedded service (local Ray, CPU profile) unless `--url` points at a running one, then for each style and
-output size sends `--requests` sequential requests with a 512x512 photo and reports p50/p95 of the end-to-end latency
-and the mean of each stage; then `--concurrency` parallel clients for throughput; then the memory of every Serve
-replica (RSS and USS, summed). Targets on a 2-core CPU machine: p50 <= 1.5 s at 800 px, all replicas < 4 GiB.
+Starts the embedded service (a local Ray of its own in a private temp dir, CPU profile, on a free port; stopped at the
+end) unless `--url` points at a running one, then for each style and output size sends `--requests` sequential
+requests with a 512x512 photo and reports p50/p95 of the end-to-end latency and the mean of each stage; then
+`--concurrency` parallel clients for throughput; then the memory of the started cluster's Serve processes (RSS and
+USS, summed). Targets on a 2-core CPU machine: p50 <= 1.5 s at 800 px, all replicas < 4 GiB.
+`make bench BENCH_ARGS="--requests 1 --sizes standard --styles corporate_headshot --concurrency 1"` is a quick run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import base64
 import io
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -53,42 +56,66 @@ def run_series(client: httpx.Client, body: dict, n: int) -> tuple[list[float], d
 
 
 def replica_memory() -> tuple[float, float, int]:
+    """RSS and USS (GiB) of this cluster's Serve processes (controller, proxy, replicas), from its own actor table:
+    other Ray clusters on the machine are not counted."""
     import psutil
+    from ray._private import state
     rss = uss = 0
     count = 0
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info.get("cmdline") or [])
-        if "ServeReplica" in cmd or "ServeController" in cmd or "ProxyActor" in cmd:
-            try:
-                info = proc.memory_full_info()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            rss += info.rss
-            uss += info.uss
-            count += 1
+    for actor in state.actors().values():
+        if actor["State"] != "ALIVE" or not actor.get("Pid"):
+            continue
+        name = actor["ActorClassName"]
+        if not ("ServeReplica" in name or "ServeController" in name or "ProxyActor" in name):
+            continue
+        try:
+            info = psutil.Process(int(actor["Pid"])).memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        rss += info.rss
+        uss += info.uss
+        count += 1
     return rss / 2**30, uss / 2**30, count
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--url", help="a running service; default: start the embedded one")
+    parser.add_argument("--url", help="a running service (memory is not measured then); default: start the "
+                                      "embedded one on a free port")
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--sizes", default="standard,high")
+    parser.add_argument("--styles", default=",".join(STYLES))
     args = parser.parse_args()
+    if args.url:
+        measure(args, args.url)
+        return
+    import ray
+    from ray import serve
 
-    if not args.url:
-        os.environ.setdefault("AVATAR_DATA_DIR", tempfile.mkdtemp(prefix="avatar-bench-"))
-        from service.launcher import deploy, init_local_ray
-        init_local_ray(temp_dir=tempfile.mkdtemp(prefix="rb", dir="/tmp"))
-        deploy(profile="cpu", port=8123)
-        args.url = "http://127.0.0.1:8123"
+    from service.launcher import deploy, free_port, init_local_ray
+    os.environ.setdefault("AVATAR_DATA_DIR", tempfile.mkdtemp(prefix="avatar-bench-"))
+    temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")   # a Ray of its own, beside any other on the machine
+    init_local_ray(temp_dir=temp)
+    try:
+        port = free_port()
+        deploy(profile="cpu", port=port)
+        measure(args, f"http://127.0.0.1:{port}")
+        rss, uss, count = replica_memory()
+        print(f"memory of {count} Serve processes: RSS {rss:.2f} GiB, USS {uss:.2f} GiB (target < 4 GiB)")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, url: str) -> None:
     image = photo_b64()
-    with httpx.Client(base_url=args.url, timeout=300) as client:
+    with httpx.Client(base_url=url, timeout=300) as client:
         client.post("/v1/avatar/generate", json={"image": image}).raise_for_status()   # warm every replica
         print(f"{'style':20s} {'size':>5s} {'p50 ms':>8s} {'p95 ms':>8s}   mean per stage (ms)")
         for resolution in args.sizes.split(","):
-            for style in STYLES:
+            for style in args.styles.split(","):
                 body = {"image": image, "style": style, "platform": "generic", "resolution": resolution}
                 lat, stages = run_series(client, body, args.requests)
                 size = 800 if resolution == "standard" else 1200
@@ -102,9 +129,6 @@ def main() -> None:
         wall = time.perf_counter() - t0
         print(f"throughput: {n / wall:.2f} avatars/s with {args.concurrency} concurrent clients "
               f"(p50 {pct(lat, 50):.0f} ms, p95 {pct(lat, 95):.0f} ms)")
-    rss, uss, count = replica_memory()
-    print(f"memory of {count} Serve processes: RSS {rss:.2f} GiB, USS {uss:.2f} GiB (target < 4 GiB)")
-
 
 if __name__ == "__main__":
     main()

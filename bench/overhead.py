@@ -97,12 +97,13 @@ def main() -> None:
     os.environ.setdefault("AVATAR_DATA_DIR", tempfile.mkdtemp(prefix="avatar-bench-"))
     from ray import serve
 
-    from service.launcher import deploy, init_local_ray
+    from service.launcher import deploy, free_port, init_local_ray
     import ray
     init_local_ray(temp_dir=tempfile.mkdtemp(prefix="rb", dir="/tmp"))
     try:
-        deploy(profile="cpu", port=8124)
-        http_lat, http_stages = over_http("http://127.0.0.1:8124", body, args.requests)
+        port = free_port()
+        deploy(profile="cpu", port=port)
+        http_lat, http_stages = over_http(f"http://127.0.0.1:{port}", body, args.requests)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -33,30 +33,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.latency import pct, photo_b64  # noqa: E402
-
-
-def replica_memory() -> tuple[float, float, int]:
-    """RSS and USS (GiB) of this cluster's Serve processes (controller, proxy, replicas), from its own actor table:
-    other Ray clusters on the machine are not counted."""
-    import psutil
-    from ray._private import state
-    rss = uss = 0
-    count = 0
-    for actor in state.actors().values():
-        if actor["State"] != "ALIVE" or not actor.get("Pid"):
-            continue
-        name = actor["ActorClassName"]
-        if not ("ServeReplica" in name or "ServeController" in name or "ProxyActor" in name):
-            continue
-        try:
-            info = psutil.Process(int(actor["Pid"])).memory_full_info()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        rss += info.rss
-        uss += info.uss
-        count += 1
-    return rss / 2**30, uss / 2**30, count
+from bench.latency import pct, photo_b64, replica_memory  # noqa: E402
 
 
 def drive(url: str, image: str, clients: int, seconds: float) -> dict:
@@ -139,12 +116,6 @@ def memory() -> tuple[float, float, int]:
     return replica_memory() if ray.is_initialized() else (float("nan"), float("nan"), 0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a running service (memory is not measured then); default: start the "
@@ -156,7 +127,7 @@ def main() -> None:
 
     if not args.url:
         os.environ.setdefault("AVATAR_DATA_DIR", tempfile.mkdtemp(prefix="avatar-bench-"))
-        from service.launcher import deploy, init_local_ray
+        from service.launcher import deploy, free_port, init_local_ray
         init_local_ray(temp_dir=tempfile.mkdtemp(prefix="rb", dir="/tmp"))
         port = free_port()   # the machine may run other services (and other runs of this bench)
         deploy(profile="cpu", port=port)

@@ -118,13 +118,15 @@ class Billing:
         return charge
 
     async def job_terms(self, request: Request, account: str, style: str, platform: str,
-                        external_ids: list[str | None]) -> dict[str, Any] | None:
-        """The credit terms a job's items are charged on when they run (fixed when the job is accepted), or None
-        when credits are off. 402 before the job is accepted when the balance cannot cover every item that no
-        active seat covers (each item still holds its own price when it runs, so concurrent jobs never overdraw)."""
-        if not self.config.credits:
-            return None
+                        external_ids: list[str | None]) -> dict[str, Any]:
+        """The credit terms a job's items are charged on when they run (fixed when the job is accepted); price 0 when
+        credits are off, so each item is still recorded as the account's avatar, as a synchronous request is (its
+        feedback needs that record). 402 before the job is accepted when the balance cannot cover every item that
+        no active seat covers (each item still holds its own price when it runs, so concurrent jobs never
+        overdraw)."""
         plan = await asyncio.to_thread(self.plan, account)
+        if not self.config.credits:
+            return {"price": 0, "seat_price": None, "seat_s": plan.seat_s}
         price = plan.cost(style, is_style_token(style))
         seated = {s.external_id for s in await asyncio.to_thread(self.ledger.seats, account)}
         needed = 0

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from avatar.billing import AccountsConfig
 from avatar.flow.assembly import ConfigError, describe_invalid, stage_config
 from avatar.flow.names import Stage
+from service import CONFIG_PATH
 from service.admission import AdmissionConfig
 
 INGRESS = "AvatarIngress"
@@ -124,7 +125,6 @@ def check_user_configs(app: dict[str, Any]) -> None:
             known = ", ".join([INGRESS, RUNNER, *stages])
             raise ConfigError(f"invalid serve config: unknown deployment {name!r}; known: {known}")
 
-CONFIG_PATH = Path(__file__).resolve().parent.parent / "serve_config.yaml"
 
 # Deployment fields `Deployment.options()` accepts, as written in serve_config.yaml.
 _OPTION_FIELDS = ("num_replicas", "max_ongoing_requests", "max_queued_requests", "autoscaling_config",

@@ -2,6 +2,8 @@
 
 `AvatarError` carries its own status; request validation errors take their field from the error's location; Ray's
 failures are recognised by type (a stage's own error arrives wrapped in `RayTaskError`, whose `cause` is the original).
+An unexpected error in the pipeline is a failed stage (`stage_failed`); anywhere else it is `internal_error`. Either
+way the answer carries a request id (body and `X-Request-Id`), the key to the log line with the details.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from avatar.contracts import validation_error
-from avatar.errors import AvatarError, InvalidRequest, StageFailed
+from avatar.errors import AvatarError, InternalError, InvalidRequest, StageFailed
+from avatar.job import AvatarJob
 
 log = logging.getLogger("avatar.http")
 
@@ -28,15 +31,30 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 
 def error_response(exc: AvatarError, request_id: str | None = None) -> JSONResponse:
     body = exc.to_body()
+    headers: dict[str, str] = {}
     if request_id:
         body["request_id"] = request_id
-    retry = exc.extra.get("retry_after_s", RETRY_AFTER_S)
-    headers = {"Retry-After": str(retry)} if exc.status in (429, 503, 504) else None
-    return JSONResponse(body, status_code=exc.status, headers=headers)
+        headers["X-Request-Id"] = request_id
+    if exc.status in (429, 503, 504):
+        headers["Retry-After"] = str(exc.extra.get("retry_after_s", RETRY_AFTER_S))
+    return JSONResponse(body, status_code=exc.status, headers=headers or None)
 
 
 def as_avatar_error(exc: BaseException, timeout_s: float | None = None) -> AvatarError:
-    """What to answer for `exc`: the stage's own AvatarError when there is one, else a 5xx by the failure's type."""
+    """What to answer for `exc` raised by the pipeline: the stage's own AvatarError when there is one, else a 5xx by
+    the failure's type; anything unrecognised is a failed stage."""
+    return _recognised(exc, timeout_s) or StageFailed(
+        "the avatar could not be generated because a pipeline stage failed", code="stage_failed")
+
+
+def as_internal_error(exc: BaseException) -> AvatarError:
+    """What to answer for `exc` escaping a route: a recognised failure keeps its answer, anything else is an internal
+    error (no pipeline stage is involved, so none is blamed)."""
+    return _recognised(exc, None) or InternalError(
+        "the service failed to answer this request; quote the request id to its operator")
+
+
+def _recognised(exc: BaseException, timeout_s: float | None) -> AvatarError | None:
     found, cause = None, exc
     while cause is not None:   # RayTaskError(...).cause, nested when a chained stage's input failed: the
         if isinstance(cause, AvatarError):   # innermost is the original, with its own code and extra fields
@@ -52,7 +70,7 @@ def as_avatar_error(exc: BaseException, timeout_s: float | None = None) -> Avata
     if isinstance(exc, (DeploymentUnavailableError, ActorDiedError, ActorUnavailableError, RayActorError,
                         RequestCancelledError)):
         return StageFailed("a pipeline stage is restarting; retry shortly", code="stage_unavailable", status=503)
-    return StageFailed("the avatar could not be generated because a pipeline stage failed", code="stage_failed")
+    return None
 
 
 def install(app: FastAPI) -> None:
@@ -80,8 +98,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(as_avatar_error(exc))
+        request_id = AvatarJob.new_request_id()
+        log.error("request %s: unhandled error on %s %s", request_id, request.method, request.url.path,
+                  exc_info=exc)
+        return error_response(as_internal_error(exc), request_id)
 
 
-__all__ = ["as_avatar_error", "error_response", "install"]
+__all__ = ["as_avatar_error", "as_internal_error", "error_response", "install"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from typing import Any
 
@@ -70,6 +71,13 @@ def ray_token_path() -> Path:
     path = base / "ray_auth_token"
     shared_secret_file(path)
     return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now: benchmarks and tests serve there, never on a fixed port another run may hold."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def resolve_profile(profile: str) -> str:

@@ -252,6 +252,34 @@ def test_usage_export_refuses_hostile_parameters(env, params, field):
     assert response.status_code == 422 and response.json()["error"]["field"] == field
 
 
+@pytest.mark.parametrize("start_offset, end_offset", [("+05:30", "-05:00"), ("-09:30", "+14:00"), ("Z", "+00:00")])
+def test_usage_export_takes_bounds_in_any_utc_offset(env, start_offset, end_offset):
+    """`from`/`to` with an offset name instants (UTC unless an offset is given); the answer names them in UTC."""
+    from datetime import datetime, timedelta, timezone
+    account, key = env["store"].create_account("Acme")
+    env["ledger"].grant(account, 5)
+    client, ingress, _ = replica()
+    serve(ingress)
+    made = gen(client, key).json()["request_id"]
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+
+    def at(instant: datetime, offset: str) -> str:
+        if offset == "Z":
+            return instant.strftime("%Y-%m-%dT%H:%M:%SZ")
+        sign, hours, minutes = offset[0], int(offset[1:3]), int(offset[4:6])
+        delta = timedelta(hours=hours, minutes=minutes) * (1 if sign == "+" else -1)
+        return instant.astimezone(timezone(delta)).isoformat()
+    report = _usage(client, key, **{"from": at(now - timedelta(hours=1), start_offset),
+                                    "to": at(now + timedelta(hours=1), end_offset)})
+    assert report.status_code == 200, report.text
+    body = report.json()
+    assert [r["request_id"] for r in body["rows"]] == [made]
+    assert body["from"] == (now - timedelta(hours=1)).isoformat() and body["to"].endswith("+00:00")
+    later = _usage(client, key, **{"from": at(now + timedelta(minutes=30), start_offset),
+                                   "to": at(now + timedelta(hours=2), end_offset)})
+    assert later.status_code == 200 and later.json()["rows"] == []
+
+
 def test_usage_export_needs_a_key(env):
     client, ingress, _ = replica()
     serve(ingress)

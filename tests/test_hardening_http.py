@@ -147,6 +147,20 @@ def test_hostile_bodies_answer_json_without_internals(make_ingress):
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json"
     resp = client.get("/v1/files/avatars/x.png", params={"expires": "\u00b2", "signature": "ab"})
     assert resp.status_code == 403 and resp.json()["error"]["field"] == "signature"
+    for expires in ("9" * 5000, str(2**63), "9" * 13):   # more digits than int() takes, or than any expiry has
+        resp = client.get("/v1/files/avatars/x.png", params={"expires": expires, "signature": "ab"})
+        assert resp.status_code == 403 and resp.json()["error"]["code"] == "invalid_signature", expires
+
+
+@pytest.mark.parametrize("epochs", ["1e400", "-Infinity", "NaN", "2.5", "true", "[3]", '"9999"', '"' + "9" * 5000 + '"',
+                                    "0", "51", str(2**63)])
+def test_hostile_training_epochs_get_422(make_ingress, epochs):
+    from avatar.store.accounts import open_account_store
+    client = make_ingress(_unused, styles={"images_uri_prefixes": ["s3://examples/{account}/"]}).client
+    account, key = open_account_store().create_account("Acme")
+    resp = client.post("/v1/styles", content=f'{{"images_uri": "s3://examples/{account}/x/", "epochs": {epochs}}}',
+                       headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
+    assert resp.status_code == 422 and resp.json()["error"]["field"] == "epochs", resp.text
 
 
 def test_decode_errors_carry_no_heap_addresses():

@@ -85,3 +85,63 @@ def test_ray_failures_map_by_type(exc_factory, status, code):
     from service.errors import as_avatar_error
     error = as_avatar_error(exc_factory(), 60)
     assert (error.status, error.code) == (status, code)
+
+
+# ---------------------------------------------------------------- unexpected failures
+@pytest.fixture()
+def ingress_app(tmp_path, monkeypatch):
+    """The app over a real ingress whose stages are stand-ins that crash (`stage_failed` territory)."""
+    from avatar.flow.names import Stage
+    from service.dependencies import get_ingress
+    from service.ingress import Ingress
+    from stand_ins import Handle
+    monkeypatch.setenv("AVATAR_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("AVATAR_OPERATOR_KEY", "op-secret")
+
+    async def crash(*_):
+        raise RuntimeError("model runtime blew up at 0x7f00dead")
+    ingress = Ingress(**{stage.value: Handle(crash) for stage in Stage})
+    ingress.reconfigure({"usage_flush_interval_s": 0})
+    app.dependency_overrides[get_ingress] = lambda: ingress
+    yield ingress, TestClient(app, raise_server_exceptions=False)
+    app.dependency_overrides.pop(get_ingress, None)
+
+
+def test_an_unexpected_error_outside_the_pipeline_is_an_internal_error_with_a_request_id(ingress_app, monkeypatch,
+                                                                                          caplog):
+    ingress, client = ingress_app
+
+    def broken() -> dict:
+        raise KeyError("column 'x' of a corrupt table at 0x7f00beef")
+    monkeypatch.setattr(ingress.telemetry, "summary", broken)
+    with caplog.at_level("ERROR", logger="avatar.http"):
+        resp = client.get("/v1/stats", headers={"authorization": "Bearer op-secret"})
+    body = resp.json()
+    assert resp.status_code == 500 and body["error"]["code"] == "internal_error", body
+    assert "stage" not in body["error"]["message"] and "pipeline" not in body["error"]["message"]
+    assert body["request_id"].startswith("req_") and resp.headers["x-request-id"] == body["request_id"]
+    assert "0x7f" not in resp.text and "KeyError" not in resp.text and "Traceback" not in resp.text
+    logged = [r for r in caplog.records if body["request_id"] in r.getMessage()]
+    assert logged and logged[0].exc_info is not None        # the operator finds the details by the request id
+    again = client.get("/v1/stats", headers={"authorization": "Bearer op-secret"})
+    assert again.json()["request_id"] != body["request_id"]   # one id per request
+
+
+def test_a_failed_stage_stays_stage_failed_and_carries_its_request_id_header(ingress_app):
+    from stand_ins import blank_photo
+    _, client = ingress_app
+    resp = client.post("/v1/avatar/generate", json={"image": blank_photo()})
+    body = resp.json()
+    assert resp.status_code == 500 and body["error"]["code"] == "stage_failed"
+    assert resp.headers["x-request-id"] == body["request_id"] and body["request_id"].startswith("req_")
+    assert "0x7f" not in resp.text
+
+
+def test_ray_failures_outside_the_pipeline_keep_their_answers():
+    from ray.serve.exceptions import BackPressureError
+
+    from service.errors import as_internal_error
+    assert as_internal_error(BackPressureError(num_queued_requests=1, max_queued_requests=1)).code == "overloaded"
+    assert as_internal_error(TimeoutError()).status == 504
+    assert (as_internal_error(ValueError("x")).status, as_internal_error(ValueError("x")).code) == (500,
+                                                                                                   "internal_error")

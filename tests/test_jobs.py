@@ -133,6 +133,9 @@ def test_async_generate_lifecycle_and_signed_webhooks(api, pipeline, astronaut):
     sync = api.post("/v1/avatar/generate", json={"image": _b64(astronaut), "platform": "linkedin"}).json()
     assert set(done["output"]) == set(sync)          # exactly the synchronous body
     assert done["output"]["style"] == "corporate_headshot" and done["output"]["billable"]
+    feedback = api.post(f"/v1/avatar/{done['output']['request_id']}/feedback", headers=api.a,
+                        json={"verdict": "accepted"})
+    assert feedback.status_code == 200 and feedback.json()["platform"] == "linkedin", feedback.text
     png = api.get(done["output"]["avatar_url"])
     assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (800, 800)
     assert receiver.events() == ["job.started", "job.completed"]
@@ -366,6 +369,9 @@ def test_batch_items_are_charged_as_they_run_and_a_short_balance_refuses_the_bat
                                           {"external_id": "a", "image_url": "https://e.com/2.jpg"}]}, 422, "items"),
     ("external id too long", {"items": [{"external_id": "x" * 201, "image_url": "https://e.com/1.jpg"}]}, 422,
      "items[0].external_id"),
+    ("external id not a string", {"items": [{"external_id": "a", "image_url": "https://e.com/1.jpg"},
+                                            {"external_id": ["b"], "image_url": "https://e.com/2.jpg"}]}, 422,
+     "items[1].external_id"),
     ("unknown field", {"items": [{"external_id": "a", "image_url": "https://e.com/1.jpg"}], "colour": "red"}, 422,
      "colour"),
     ("unknown palette", {"items": [{"external_id": "a", "image_url": "https://e.com/1.jpg"}], "palette": "x"}, 422,
@@ -382,6 +388,8 @@ def test_hostile_batches_get_clear_4xx(api, name, body, status, field, monkeypat
     resp = api.post("/v1/batches", headers=api.a, json=body)
     assert resp.status_code == status, f"{name}: {resp.text}"
     assert resp.json()["error"]["field"] == field, name
+    code = resp.json()["error"]["code"]
+    assert "[" not in code and "." not in code, code    # a stable code; the path is in `field`
 
 
 def test_malformed_and_unauthorised_requests(api):
@@ -398,6 +406,34 @@ def test_malformed_and_unauthorised_requests(api):
     assert api.post("/v1/avatar/generate", headers=ASYNC, json={"image_url": "https://e.com/a.jpg"}).status_code \
         == 401   # jobs belong to an account
     assert api.get("/v1/webhooks/secret").status_code == 401
+
+
+@pytest.fixture(scope="module")
+def canceled_batch(api) -> str:
+    """A batch of account a, canceled before anything ran (a job to page through, and nothing for a runner)."""
+    job = api.post("/v1/batches", headers=api.a, json={"items": [
+        {"external_id": f"p{i}", "image_url": "https://e.com/a.jpg"} for i in range(3)]}).json()
+    assert api.post(f"{job['status_url']}/cancel", headers=api.a).json()["state"] == "canceled"
+    return job["status_url"]
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"offset": str(2**63)}, "offset"), ({"offset": str(2**63 - 1)}, "offset"), ({"offset": "9" * 40}, "offset"),
+    ({"offset": "-1"}, "offset"), ({"offset": "1e3"}, "offset"), ({"limit": str(2**63)}, "limit"),
+    ({"limit": "0"}, "limit"), ({"limit": "1001"}, "limit"),
+])
+def test_hostile_pages_of_items_get_422(api, canceled_batch, params, field):
+    resp = api.get(f"{canceled_batch}/items", headers=api.a, params=params)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"] == {**resp.json()["error"], "code": "invalid_field", "field": field}
+
+
+def test_pages_of_items_past_the_end_are_empty(api, canceled_batch):
+    listed = api.get(f"{canceled_batch}/items", headers=api.a, params={"offset": 2**31 - 1}).json()
+    assert listed["items"] == [] and listed["total"] == 3
+    assert [i["external_id"] for i in api.get(f"{canceled_batch}/items", headers=api.a,
+                                                params={"offset": 1, "limit": 1}).json()["items"]] == ["p1"]
+    assert api.get("/v1/jobs", headers=api.a, params={"limit": str(2**63)}).json()["error"]["field"] == "limit"
 
 
 def test_the_webhook_secret_rotates(api):
@@ -418,6 +454,12 @@ def test_multipart_batch_names_members_by_file_name(api, pipeline, astronaut):
     drain(worker_for(api, pipeline, max_concurrency=2))
     items = api.get(f"{resp.json()['status_url']}/items", headers=api.a).json()["items"]
     assert [(i["external_id"], i["state"]) for i in items] == [("alice", "succeeded"), ("bob", "succeeded")]
+    delivered = items[0]["result"]["request_id"]      # a batch member's avatar takes its owner's feedback
+    kept = api.post(f"/v1/avatar/{delivered}/feedback", headers=api.a, json={"verdict": "declined"})
+    assert kept.status_code == 200, kept.text
+    assert (kept.json()["style"], kept.json()["platform"]) == ("corporate_headshot", "teams")
+    stranger = api.post(f"/v1/avatar/{delivered}/feedback", headers=api.b, json={"verdict": "declined"})
+    assert stranger.status_code == 404 and stranger.json()["error"]["code"] == "request_not_found"
     avatar = Image.open(io.BytesIO(api.get(items[0]["result"]["avatar_url"]).content))
     assert avatar.mode == "RGBA" and avatar.getpixel((2, 2))[3] == 0      # the team's template: a circle
     leftover = [k for k in api.ingress.storage.list("job-inputs") if resp.json()["job_id"] in k]

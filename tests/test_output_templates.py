@@ -85,8 +85,9 @@ def http(tmp_path_factory):
 
 
 @pytest.mark.parametrize("field, value, code", [
-    ("border_width", 1_000_000, "invalid_border_width"), ("border_width", "4px", "invalid_border_width"),
-    ("border_color", "blue", "invalid_border_color"), ("shape", "hexagon", "unknown_shape"),
+    ("border_width", 1_000_000, "invalid_field"), ("border_width", "4px", "invalid_field"),
+    ("border_width", True, "invalid_field"), ("border_color", "blue", "invalid_border_color"),
+    ("shape", "hexagon", "unknown_shape"),
     ("background", "glass", "unknown_background"),
 ])
 def test_http_422_names_the_field(http, field, value, code):

@@ -105,6 +105,29 @@ def test_zip_names_files_by_external_id_safely_and_skips_failures():
         assert Image.open(io.BytesIO(archive.read("emp-001.png"))).getpixel((5, 5)) == (255, 0, 0)
 
 
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+
+
+@pytest.mark.parametrize("external_id", [
+    "CON", "con", "Nul", "PRN.backup", "aux.tar.gz", "COM1", "lpt9", "LPT0.x", "CON ", "CON .png", "NUL.",
+    " CON", "a<b>c:d\"e/f\\g|h?i*j", "trailing. . .", "..", "\u00e9mile", "\x00\x1f", "x" * 300])
+def test_zip_member_names_are_safe_on_windows(external_id):
+    """Every name unpacks on Windows: no reserved device name (with any extension), no trailing dot or space, none
+    of <>:"/\\|?* or control characters; and still unique (case-insensitively) beside a member that already took the
+    escaped name."""
+    members = [Member(external_id, _png((10, 10, 10))), Member(f"_{external_id.strip(' .')}", _png((20, 20, 20))),
+               Member(external_id.lower(), _png((30, 30, 30)))]
+    with zipfile.ZipFile(io.BytesIO(avatars_zip(members))) as archive:
+        names = archive.namelist()
+    assert len({n.lower() for n in names}) == 3
+    for name in names:
+        stem = name[:-len(".png")]
+        assert name.endswith(".png") and stem and len(name) <= 130, name
+        assert name.split(".")[0].rstrip(" ").upper() not in WINDOWS_RESERVED, name
+        assert stem[-1] not in ". " and stem[0] not in ". ", name
+        assert not set(name) & set('<>:"/\\|?*') and all(32 <= ord(c) < 127 for c in name), name
+
+
 def test_contact_sheet_is_a_labelled_grid_of_the_team(tmp_path):
     members = [Member(f"employee-{i}", _png((40 * i, 120, 200))) for i in range(5)]
     members.append(Member("no-face-person", None, "no_face_detected"))

@@ -107,3 +107,22 @@ def test_closed_log_refuses_rows(tmp_path):
     log.close()
     with pytest.raises(RuntimeError):
         log.append(record(0, T0))
+
+
+@pytest.mark.parametrize("offset", [timedelta(hours=5, minutes=30), timedelta(hours=-5), timedelta(0)])
+def test_reads_take_bounds_in_any_utc_offset_as_instants(tmp_path, offset):
+    """Bounds in another offset select the same instants, across the UTC date boundary of the log's partitions."""
+    from avatar.store.usage import read_usage
+    late = datetime(2026, 3, 4, 22, 0, tzinfo=timezone.utc)       # partition date=2026-03-04
+    early = datetime(2026, 3, 5, 1, 0, tzinfo=timezone.utc)       # partition date=2026-03-05
+    with UsageLog(str(tmp_path)) as log:
+        log.append(record(0, late))
+        log.append(record(3, early))
+    zone = timezone(offset)
+    window = [r["request_id"] for r in read_usage(str(tmp_path), start=(late - timedelta(minutes=1)).astimezone(zone),
+                                                  end=(early + timedelta(minutes=1)).astimezone(zone)).to_pylist()]
+    assert window == ["r0", "r3"]
+    assert [r["request_id"] for r in read_usage(str(tmp_path), start=early.astimezone(zone)).to_pylist()] == ["r3"]
+    assert [r["request_id"] for r in read_usage(str(tmp_path), end=early.astimezone(zone)).to_pylist()] == ["r0"]
+    naive = read_usage(str(tmp_path), start=datetime(2026, 3, 4, 21, 0), end=datetime(2026, 3, 4, 23, 0))
+    assert [r["request_id"] for r in naive.to_pylist()] == ["r0"]                 # naive bounds are UTC

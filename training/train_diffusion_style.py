@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -36,13 +37,15 @@ from training.dataset import ExampleSet
 from training.runner import ResourcesUnavailable, TrainingFailed, TrainResult  # noqa: F401 - part of this API
 
 ENGINE = "diffusion"
+# The repository's recipe book, found from this package (not from the working directory).
+RECIPES_PATH = Path(__file__).resolve().parent.parent / "configs" / "diffusion.yaml"
 TEMPLATES = ("a portrait in the style of {}", "a photo of a person, {} style", "a face in {} style",
              "{} style portrait", "a studio portrait, {}", "a picture of a person in the style of {}")
 
 
 @dataclass
 class DiffusionTrainConfig(runner.StyleJobConfig):
-    recipes: Any = "configs/diffusion.yaml"   # the recipe book the service uses (YAML path or dict)
+    recipes: Any = str(RECIPES_PATH)          # the recipe book the service uses (YAML path or dict)
     base_style: str | None = None             # recipe whose base model the embedding is learnt on; default the
                                               # book's `custom` (recorded as the token's base style)
     models_dir: str | None = None             # where relative model references live (as the engine's models_dir)

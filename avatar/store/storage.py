@@ -96,7 +96,7 @@ class UrlSigner:
         return url, expires
 
     def verify(self, key: str, expires: str | None, signature: str | None, now: float | None = None) -> None:
-        if not expires or not signature or not (expires.isascii() and expires.isdigit()):
+        if not expires or not signature or not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
             raise Forbidden("missing or malformed signature", field="signature", code="invalid_signature")
         if not hmac.compare_digest(self._sig(key, int(expires)), signature):
             raise Forbidden("signature does not match", field="signature", code="invalid_signature")

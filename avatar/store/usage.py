@@ -249,9 +249,11 @@ def read_usage(root_uri: str, account: str | None = None, start: datetime | None
                end: datetime | None = None, outcome: str | None = None, exclude_outcome: str | None = None,
                limit: int = MAX_EXPORT_ROWS) -> pa.Table:
     """Rows of the log in [start, end), oldest first, optionally of one account; the date partitions outside the range
-    are not read. Files written before a column existed read it as null."""
+    are not read. Files written before a column existed read it as null. Bounds with any UTC offset are compared as
+    instants (naive ones are UTC)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
+    start, end = _utc(start), _utc(end)
     filesystem, root = pafs.FileSystem.from_uri(_as_uri(root_uri))
     if filesystem.get_file_info(root).type == pafs.FileType.NotFound:
         return SCHEMA.empty_table()
@@ -272,6 +274,14 @@ def read_usage(root_uri: str, account: str | None = None, start: datetime | None
         where &= ds.field("outcome") != exclude_outcome
     table = dataset.to_table(filter=where, columns=SCHEMA.names)
     return table.sort_by([("created_at", "ascending"), ("request_id", "ascending")]).slice(0, limit)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """The instant in UTC, as the log stores it: its partitions are UTC dates, and Arrow compares timestamps of one
+    time zone only."""
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def decline_rates(root_uri: str, start: datetime | None = None, end: datetime | None = None) -> dict:

@@ -109,7 +109,8 @@ def _account_view(ingress: Any, account: str) -> AccountView:
 
 
 def _instant(text: str, field: str) -> datetime:
-    """An ISO date (midnight UTC) or date-time; naive times are UTC."""
+    """An ISO date (midnight UTC) or date-time, in UTC: naive times are UTC, others are converted from their offset
+    (the log's rows and date partitions are UTC)."""
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -117,7 +118,7 @@ def _instant(text: str, field: str) -> datetime:
                              field=field, code="invalid_date") from None
     if not 2000 <= value.year <= 2200:
         raise InvalidRequest(f"'{field}' is out of range", field=field, code="invalid_date")
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _usage_row(row: dict[str, Any]) -> dict[str, Any]:

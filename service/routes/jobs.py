@@ -18,6 +18,9 @@ from service.runner import emit
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+# Past any batch's size, and inside the 64-bit integers both databases take (a larger offset was a 500, not a 422).
+MAX_OFFSET = 2**31 - 1
+
 
 @router.get("", response_model=JobsList, responses=ERRORS, summary="The account's jobs and batches, newest first")
 async def list_jobs(ingress: Ingress, account: RequiredAccount,
@@ -37,7 +40,8 @@ async def get_job(job_id: str, ingress: Ingress, account: RequiredAccount) -> di
 
 @router.get("/{job_id}/items", response_model=BatchItemsList, responses=ERRORS,
             summary="Per-item results: each member's answer or error (failed items are not billed)")
-async def job_items(job_id: str, ingress: Ingress, account: RequiredAccount, offset: int = Query(0, ge=0),
+async def job_items(job_id: str, ingress: Ingress, account: RequiredAccount,
+                    offset: int = Query(0, ge=0, le=MAX_OFFSET),
                     limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
     job = await _job(ingress, account, job_id)
     items = await asyncio.to_thread(ingress.jobs.items, account, job_id, offset, limit)

@@ -197,13 +197,7 @@ def _options(fields: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
                              field=unknown[0], code="unknown_field")
     options: dict[str, Any] = {}
     if fields.get("epochs") not in (None, ""):
-        try:
-            epochs = int(fields["epochs"])
-        except (TypeError, ValueError):
-            epochs = 0
-        if not 1 <= epochs <= MAX_EPOCHS:
-            raise InvalidRequest(f"epochs must be an integer from 1 to {MAX_EPOCHS}", field="epochs")
-        options["epochs"] = epochs
+        options["epochs"] = _epochs(fields["epochs"])
     if fields.get("base_style") not in (None, ""):
         if fields["base_style"] not in BUILTIN_STYLES:
             raise InvalidRequest(f"base_style must be one of {', '.join(BUILTIN_STYLES)}", field="base_style")
@@ -212,6 +206,15 @@ def _options(fields: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     if name is not None and (not isinstance(name, str) or len(name.strip()) > MAX_NAME):
         raise InvalidRequest(f"name must be a string of at most {MAX_NAME} characters", field="name")
     return options, (name.strip() or None) if isinstance(name, str) else None
+
+
+def _epochs(value: Any) -> int:
+    """A whole number from 1 to MAX_EPOCHS: a JSON integer or the digits of a form field (not true, 2.5 or 1e400)."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 3:
+        value = int(value.strip())
+    if type(value) is not int or not 1 <= value <= MAX_EPOCHS:
+        raise InvalidRequest(f"epochs must be an integer from 1 to {MAX_EPOCHS}", field="epochs")
+    return value
 
 
 def _check_images_uri(uri: str, account: str, prefixes: list[str]) -> None:
