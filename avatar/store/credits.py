@@ -146,6 +146,13 @@ class Ledger:
                            (REFUSED, tx.now(), request_id))
             return _charge(tx, request_id)
 
+    def held(self, limit: int = 500) -> list[str]:
+        """Request ids whose hold is not settled yet, oldest first (the job runner settles those of finished items)."""
+        with self.db.transaction(write=False) as tx:
+            rows = tx.execute("SELECT request_id FROM avatars WHERE state=? ORDER BY created_at LIMIT ?",
+                              (HELD, limit)).fetchall()
+        return [r[0] for r in rows]
+
     def release_stale(self, max_age_s: float) -> int:
         """Give back the holds of requests older than `max_age_s` that never settled (their replica died)."""
         with self.db.transaction() as tx:
