@@ -230,6 +230,7 @@ def test_a_runner_whose_lease_lapsed_does_not_claim_its_own_item_again(rig):
     async def scenario() -> None:
         await worker.step()
         await stages.reached(1)
+        await worker.step()                                  # renews the lease once (the next renewal: in an hour)
         first = worker.inflight[(job.job_id, 0)]
         rig.clock.advance(5)                                 # the loop was busy: no renewal, the lease lapsed
         await worker.step()
