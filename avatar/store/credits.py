@@ -5,7 +5,7 @@ A generate request of an account *holds* its price before any work (`hold`): one
 concurrent requests from any number of replicas can never overdraw an account, and a request id is charged at most
 once (a second hold of the same id returns the first). When the request ends, `settle` keeps the credits of a billable
 avatar and gives back those of an unbilled or refused one. A hold whose replica died is given back by
-`release_stale`. Seats: an active seat of (account, external_id) makes the avatar free; otherwise the hold is the seat
+`release_stale`; the job runner settles the holds of batch items (`held`) from each item's final state. Seats: an active seat of (account, external_id) makes the avatar free; otherwise the hold is the seat
 price, and the billable avatar opens the seat (or, when a concurrent request opened it first, is given back).
 """
 
