@@ -16,13 +16,14 @@ import json
 import random
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from avatar.clock import Clock, system_clock
 from avatar.errors import FetchRefused, InvalidRequest
 from avatar.store.fetch import FetchPolicy, check_url, post
 
@@ -86,12 +87,14 @@ def verify(secret: str, body: bytes | str, headers: Mapping[str, str]) -> dict[s
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff: `base_s`, then doubling up to `max_delay_s`, with +-20% jitter so receivers that failed
-    together are not retried together; no attempt starts later than `window_s` after the first."""
+    together are not retried together; no attempt starts later than `window_s` after the first. The next attempt is
+    scheduled from `clock` (the runner's, so tests move time instead of waiting for it)."""
 
     base_s: float = 5.0
     max_delay_s: float = 3600.0
     window_s: float = 24 * 3600.0
     jitter: float = 0.2
+    clock: Clock = field(default=system_clock, compare=False, repr=False)
 
     def delay(self, attempts: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after the `attempts`-th failed attempt."""
@@ -101,7 +104,7 @@ class RetryPolicy:
 
     def next_at(self, first_at: float, attempts: int, now: float | None = None) -> float | None:
         """When to try again, or None when the window is spent."""
-        at = (now or time.time()) + self.delay(attempts)
+        at = (self.clock() if now is None else now) + self.delay(attempts)
         return at if at <= first_at + self.window_s else None
 
 

@@ -8,6 +8,14 @@ only in memory: every claim is a lease in the store, renewed while the item runs
 restart, node loss) loses only the items in flight; their leases expire and the next runner takes them again;
 finished items are never redone, and a result is accepted only from the runner that still holds the item, so an item
 is completed once. Each item's request id is fixed when the job is accepted, so a re-run overwrites the same output.
+
+An item runs in three parts. Its credit hold is taken first. Then the generate work, the only part a runner ever
+cancels: when a lease renewal finds that the store gave the item to a cancel or to another runner. Then its outcome:
+the item's row (`finish_item`), and only once the store accepted it, the credit settle, the usage row (the billing
+record), the `item_completed` webhook and the upload's deletion; nothing cancels that part short of the runner dying.
+An outcome the store refuses leaves the item to whoever has it now, and a hold whose item ended without being settled
+(canceled, failed by a claim after too many interruptions, or its runner died) is settled from the item's final state
+by the next sweep of any runner. Time (leases, retries, sweeps) is read from an injected clock.
 """
 
 from __future__ import annotations
@@ -32,11 +40,12 @@ from avatar.settings import settings
 from avatar.store.credits import Ledger
 from avatar.store.database import open_database
 from avatar.store.fetch import FetchPolicy
-from avatar.store.jobs import (BATCH, DELIVERED, FAILED, GAVE_UP, PENDING, SUCCEEDED, ItemRecord,
+from avatar.store.jobs import (BATCH, CANCELED, DELIVERED, FAILED, GAVE_UP, PENDING, SUCCEEDED, ItemRecord,
                                JobRecord, JobStore, open_job_store)
 from avatar.store.storage import Storage, UrlSigner
 from avatar.vision.imageio import b64decode_image
 from avatar import webhooks
+from avatar.clock import Clock, system_clock
 from service.answers import generate_response, item_view, job_view
 from service.config import RUNNER, RunnerConfig, runner_config
 from service.delivery import deliver_once, lease_s
@@ -76,28 +85,29 @@ class WorkerStats:
 
 
 class JobWorker:
-    """Claims work from `store` and runs it: see the module docstring."""
+    """Claims work from `store` and runs it: see the module docstring. `clock` is the time its leases, retries and
+    sweeps read; pass the store's (tests pass one clock they move to both)."""
 
     def __init__(self, store: JobStore, storage: Storage, signer: UrlSigner, call_for: Callable[[AvatarJob], Any],
                  config: RunnerConfig = RunnerConfig(), gated: bool = True, telemetry: Any = None,
                  webhook_policy: FetchPolicy | None = None, retry: webhooks.RetryPolicy | None = None,
-                 owner: str | None = None, ledger: Any = None) -> None:
+                 owner: str | None = None, ledger: Any = None, clock: Clock = system_clock) -> None:
         env = settings()
         self.store, self.storage, self.signer, self.call_for = store, storage, signer, call_for
-        self.config, self.gated, self.telemetry = config, gated, telemetry
+        self.config, self.gated, self.telemetry, self.clock = config, gated, telemetry, clock
         self.ledger = ledger   # avatar.store.credits.Ledger: charges items of jobs accepted with credit terms
         self.webhook_policy = webhook_policy or FetchPolicy(timeout_s=env.webhook_timeout_s, max_bytes=2**20,
                                                             allow_private=env.webhook_allow_private)
         self.retry = retry or webhooks.RetryPolicy(env.webhook_retry_base_s, env.webhook_retry_max_s,
-                                                   env.webhook_retry_window_s)
+                                                   env.webhook_retry_window_s, clock=clock)
         self.owner = owner or "runner_" + secrets.token_hex(6)
-        self.inflight: dict[tuple[str, int], asyncio.Task] = {}
-        self.recorded: set[tuple[str, int]] = set()   # in flight, but their outcome is already in the store
+        self.inflight: dict[tuple[str, int], asyncio.Task] = {}   # an item from its claim to its recorded outcome
+        self.working: dict[tuple[str, int], asyncio.Task] = {}    # its generate work: the only part ever canceled
         self.sending: set[asyncio.Task] = set()
         self.stats = WorkerStats()
         self._jobs: dict[str, JobRecord] = {}
         self._wake = asyncio.Event()
-        self._last_renew = self._last_sweep = 0.0
+        self._last_renew = self._last_sweep = float("-inf")
         self.retry_due = 0.0          # the latest retry this runner scheduled (drain waits for it)
 
     # ------------------------------------------------------------ the loop
@@ -120,7 +130,7 @@ class JobWorker:
 
     async def step(self) -> bool:
         """One pass: keep leases, start items up to the concurrency limit, finish settled jobs, send due webhooks,
-        sweep expired jobs. True when it started or finished something."""
+        sweep expired jobs and unsettled holds. True when it started or finished something."""
         self._reap()
         await self._renew()
         busy = await self._claim_items()
@@ -129,13 +139,14 @@ class JobWorker:
         await self._sweep()
         return busy
 
-    async def drain(self, timeout_s: float = 120.0) -> None:
-        """Run until nothing is queued, running or due (tests and the CLI)."""
+    async def drain(self, timeout_s: float = 120.0, retries: bool = True) -> None:
+        """Run until nothing is queued, running or due (tests and the CLI); with `retries`, also until the webhook
+        retries this runner scheduled are due on its clock (a test that moves the clock itself passes False)."""
         deadline = time.monotonic() + timeout_s
         idle_rounds = 0
         while time.monotonic() < deadline:
             busy = await self.step()
-            if busy or self.inflight or self.sending or self.retry_due > time.time():
+            if busy or self.inflight or self.sending or (retries and self.retry_due > self.clock()):
                 idle_rounds = 0
             else:
                 idle_rounds += 1
@@ -150,27 +161,31 @@ class JobWorker:
             task.cancel()
         await asyncio.gather(*self.inflight.values(), *self.sending, return_exceptions=True)
         self.inflight.clear()
+        self.working.clear()
         self.sending.clear()
 
     def _reap(self) -> None:
         for key, task in list(self.inflight.items()):
             if task.done():
                 del self.inflight[key]
-                self.recorded.discard(key)
         self.sending = {t for t in self.sending if not t.done()}
 
+    def _due(self, last: float, every_s: float) -> bool:
+        """Whether `every_s` passed since `last` on the clock (a clock set back counts as due)."""
+        return not 0 <= self.clock() - last < every_s
+
     async def _renew(self) -> None:
-        """Keep the leases of running items; stop those the store no longer gives this runner (canceled)."""
-        if not self.inflight or time.monotonic() - self._last_renew < self.config.renew_every_s:
+        """Keep the leases of this runner's items (until their outcome is written); stop the generate work of those
+        the store no longer gives this runner (canceled, or taken over after the lease lapsed)."""
+        if not self.inflight or not self._due(self._last_renew, self.config.renew_every_s):
             return
-        self._last_renew = time.monotonic()
-        running = [key for key in self.inflight if key not in self.recorded]
-        held = await asyncio.to_thread(self.store.renew, self.owner, running, self.config.lease_s)
-        for key in running:
-            task = self.inflight[key]
-            if key not in held:
-                task.cancel()
-                self.stats.abandoned += 1
+        self._last_renew = self.clock()
+        keys = list(self.inflight)
+        held = await asyncio.to_thread(self.store.renew, self.owner, keys, self.config.lease_s)
+        for key in keys:
+            work = self.working.get(key)   # read after the await: an item that moved on to its outcome is kept
+            if key not in held and work is not None and not work.done():
+                work.cancel()
 
     # ------------------------------------------------------------ items
     async def _claim_items(self) -> bool:
@@ -181,6 +196,9 @@ class JobWorker:
             if claimed is None:
                 break
             item, job_started = claimed
+            if item.key in self.inflight:   # the store never hands a runner its own item; never run it twice
+                log.error("item %s/%s was claimed again by the runner that runs it", item.job_id, item.idx)
+                break
             self.stats.claimed += 1
             self.stats.items_seen.append(item.key)
             job = await self._job(item)
@@ -204,28 +222,59 @@ class JobWorker:
         return job
 
     async def _run_item(self, job: JobRecord, item: ItemRecord) -> None:
-        started = time.perf_counter()
-        avatar = self.avatar_job(job, item)
+        """Hold, generate (cancellable), record the outcome (not cancellable); an unexpected error gives the item
+        back to the queue rather than leaving it running under this runner forever."""
         try:
-            await self._hold(job, item, avatar)   # before any work; a re-run of the item finds its first hold
-            source = await asyncio.to_thread(self.source, item)
-            done = await orchestrator.generate(avatar, source, self.call_for(avatar), self.gated)
+            await self._run(job, item)
         except asyncio.CancelledError:
             raise
+        except Exception:
+            log.exception("item %s/%s: unexpected error; giving it back to the queue", item.job_id, item.idx)
+            await asyncio.to_thread(self.store.release_item, self.owner, item, self.config.retry_delay_s)
+            raise
+
+    async def _run(self, job: JobRecord, item: ItemRecord) -> None:
+        started = time.perf_counter()
+        avatar = self.avatar_job(job, item)
+        try:   # the hold is never cut short: a hold taken while its item is canceled is given back by _lost
+            await self._hold(job, item, avatar)   # before any work; a re-run of the item finds its first hold
+        except Exception as exc:  # noqa: BLE001 - too few credits: the item fails with the 402 body
+            await self._item_failed(job, item, avatar, exc, _ms(started))
+            return
+        work = asyncio.create_task(self._generate(item, avatar))
+        self.working[item.key] = work
+        try:
+            done = await work
+        except asyncio.CancelledError:
+            if _cancelling():   # the runner stops (dies): nothing more is written, the lease will lapse
+                work.cancel()
+                raise
+            await self._lost(job, item)   # _renew: the store gave the item to a cancel or another runner
+            return
         except Exception as exc:  # noqa: BLE001 - the item fails with the code a single generate would answer
             await self._item_failed(job, item, avatar, exc, _ms(started))
             return
-        body = generate_response(self.signer, job.base_url, done, _ms(started)).model_dump(mode="json")
+        finally:
+            self.working.pop(item.key, None)
+        await self._item_succeeded(job, item, done, _ms(started))
+
+    async def _generate(self, item: ItemRecord, avatar: AvatarJob) -> AvatarJob:
+        source = await asyncio.to_thread(self.source, item)
+        return await orchestrator.generate(avatar, source, self.call_for(avatar), self.gated)
+
+    async def _item_succeeded(self, job: JobRecord, item: ItemRecord, done: AvatarJob, latency_ms: float) -> None:
+        body = generate_response(self.signer, job.base_url, done, latency_ms).model_dump(mode="json")
         outputs = [k for k in (done.avatar_key, done.thumbnail_key) if k]
-        self.recorded.add(item.key)   # from here on the outcome is written, not abandoned (see _renew)
-        charged = await self._settle(job, item, done.billable)
-        if await asyncio.to_thread(self.store.finish_item, self.owner, item, SUCCEEDED, body, None, done.billable,
-                                   outputs):
-            self.stats.completed += 1
-            if self.telemetry is not None:
-                await asyncio.to_thread(self.telemetry.delivered, done, body["latency_ms"],   # journalled (fsync)
-                                        credits=charged, external_id=_external_id(job, item))
-            await self._item_done(job, item)
+        if not await asyncio.to_thread(self.store.finish_item, self.owner, item, SUCCEEDED, body, None,
+                                       done.billable, outputs):
+            await self._lost(job, item)
+            return
+        self.stats.completed += 1
+        charged = await self._settle(job, item, done.billable)   # only once the store took the outcome
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.delivered, done, body["latency_ms"],   # journalled (fsync)
+                                    credits=charged, external_id=_external_id(job, item))
+        await self._item_done(job, item)
 
     async def _item_failed(self, job: JobRecord, item: ItemRecord, avatar: AvatarJob, exc: Exception,
                            latency_ms: float) -> None:
@@ -233,17 +282,28 @@ class JobWorker:
         if error.code in TRANSIENT and item.attempts < self.config.max_attempts:
             log.warning("item %s/%s: %s; retrying", item.job_id, item.idx, error.code)
             if await asyncio.to_thread(self.store.release_item, self.owner, item, self.config.retry_delay_s):
-                self.stats.released += 1
+                self.stats.released += 1   # its hold stays: the next run of the item finds it
+            else:
+                await self._lost(job, item)
             return
         body = {**error.to_body(), "request_id": avatar.request_id}
-        self.recorded.add(item.key)
+        if not await asyncio.to_thread(self.store.finish_item, self.owner, item, FAILED, None, body, False):
+            await self._lost(job, item)
+            return
+        self.stats.failed += 1
         await self._release(job, item)   # a failed item costs nothing
-        if await asyncio.to_thread(self.store.finish_item, self.owner, item, FAILED, None, body, False):
-            self.stats.failed += 1
-            if self.telemetry is not None:
-                avatar.input_quality_score = float(error.extra.get("input_quality_score", 0.0))
-                await asyncio.to_thread(self.telemetry.refused, avatar, error.code, latency_ms)
-            await self._item_done(job, item)
+        if self.telemetry is not None:
+            avatar.input_quality_score = float(error.extra.get("input_quality_score", 0.0))
+            await asyncio.to_thread(self.telemetry.refused, avatar, error.code, latency_ms)
+        await self._item_done(job, item)
+
+    async def _lost(self, job: JobRecord, item: ItemRecord) -> None:
+        """The store no longer gives this runner the item: a cancel ended it (its hold goes back now) or another
+        runner took it over (the hold is that runner's to settle)."""
+        self.stats.abandoned += 1
+        now = await asyncio.to_thread(self.store.items, job.account, job.job_id, item.idx, 1)
+        if now and self.ledger is not None and job.params.get("billing"):
+            await asyncio.to_thread(settle_from_item, self.ledger, now[0])
 
     # ------------------------------------------------------------ credits (jobs accepted with credit terms)
     async def _hold(self, job: JobRecord, item: ItemRecord, avatar: AvatarJob) -> None:
@@ -256,7 +316,11 @@ class JobWorker:
     async def _settle(self, job: JobRecord, item: ItemRecord, billable: bool) -> int:
         if not job.params.get("billing") or self.ledger is None:
             return 0
-        return (await asyncio.to_thread(self.ledger.settle, item.request_id, billable)).charged
+        try:
+            return (await asyncio.to_thread(self.ledger.settle, item.request_id, billable)).charged
+        except Exception:  # noqa: BLE001 - the outcome is recorded; the hold sweep settles it from the item later
+            log.exception("item %s/%s: settling its credits failed", item.job_id, item.idx)
+            return 0
 
     async def _release(self, job: JobRecord, item: ItemRecord) -> None:
         if job.params.get("billing") and self.ledger is not None:
@@ -264,6 +328,15 @@ class JobWorker:
                 await asyncio.to_thread(self.ledger.release, item.request_id)
             except KeyError:   # refused before its hold (e.g. too few credits): nothing to give back
                 pass
+
+    def settle_holds(self) -> int:
+        """Settle the holds whose item ended without its runner settling them (a cancel, a claim that failed the
+        item after too many interruptions, a runner that died), from the item's final state; returns how many."""
+        if self.ledger is None:
+            return 0
+        held = self.ledger.held()
+        items = self.store.items_by_request(held) if held else []
+        return sum(settle_from_item(self.ledger, item) for item in items)
 
     async def _item_done(self, job: JobRecord, item: ItemRecord) -> None:
         if "upload" in item.source:
@@ -383,9 +456,13 @@ class JobWorker:
 
     # ------------------------------------------------------------ expiry
     async def _sweep(self) -> None:
-        if time.monotonic() - self._last_sweep < self.config.sweep_every_s:
+        if not self._due(self._last_sweep, self.config.sweep_every_s):
             return
-        self._last_sweep = time.monotonic()
+        self._last_sweep = self.clock()
+        try:
+            await asyncio.to_thread(self.settle_holds)
+        except Exception:  # noqa: BLE001 - the next sweep tries again; expiry must not wait on the ledger
+            log.exception("settling unsettled holds failed")
         removed = await asyncio.to_thread(self.store.sweep)
         for job, items in removed:
             await asyncio.to_thread(self.delete_outputs, job, items)
@@ -397,6 +474,28 @@ class JobWorker:
                 self.storage.delete(key)
         for key in self.storage.list(f"{BATCHES_PREFIX}/{job.job_id}"):
             self.storage.delete(key)
+
+
+def settle_from_item(ledger: Ledger, item: ItemRecord) -> bool:
+    """Settle an item's hold from its final state: a succeeded item keeps the credits of a billable avatar, a failed
+    or canceled one gets them back; an item still queued or running (another runner has it) is left alone. True when
+    a hold was settled here."""
+    try:
+        if item.state == SUCCEEDED:
+            ledger.settle(item.request_id, item.billable)
+        elif item.state in (FAILED, CANCELED):
+            ledger.release(item.request_id)
+        else:
+            return False
+    except KeyError:   # no hold: credits off, or refused before it
+        return False
+    return True
+
+
+def _cancelling() -> bool:
+    """Whether the running task itself is being canceled (not merely something it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _log_failure(task: asyncio.Task) -> None:

@@ -9,6 +9,7 @@ import time
 import db_workers
 import pytest
 
+from avatar.clock import ManualClock
 from avatar.errors import InsufficientCredits, InvalidRequest, NotFound
 from avatar.store.accounts import SqlAccountStore
 from avatar.store.credits import DELIVERED, HELD, REFUSED, Ledger
@@ -168,14 +169,17 @@ def test_a_rate_limit_holds_across_parallel_replicas(database_url, db):
 
 
 def test_the_bucket_refills_at_its_rate(db):
-    limiter = RateLimiter(db)
+    clock = ManualClock()
+    limiter = RateLimiter(db, clock=clock)
     decisions = [limiter.take("acct:a", rate_per_s=1.0, capacity=3) for _ in range(4)]
     assert [d.allowed for d in decisions] == [True, True, True, False]
     assert [d.remaining for d in decisions[:3]] == [2, 1, 0]
     refused = decisions[-1]
     assert 0 < refused.retry_after_s <= 1.0 and refused.headers()["X-RateLimit-Limit"] == "3"
     assert 2.0 < refused.reset_s <= 3.0 and refused.headers()["X-RateLimit-Remaining"] == "0"
-    time.sleep(refused.retry_after_s + 0.05)
+    clock.advance(refused.retry_after_s - 0.01)
+    assert not limiter.take("acct:a", rate_per_s=1.0, capacity=3).allowed   # not quite one token back yet
+    clock.advance(0.02)
     assert limiter.take("acct:a", rate_per_s=1.0, capacity=3).allowed
     assert limiter.take("acct:b", rate_per_s=1.0, capacity=3).remaining == 2   # buckets are separate
 

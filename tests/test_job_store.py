@@ -1,22 +1,28 @@
 """The job store's rules on both backends (an SQLite file and a real PostgreSQL server), without a cluster: claims are exclusive and leased, a lost lease is taken over, a result
 is accepted once and only from the holder, cancel refuses late results, accounts are isolated, expiry removes jobs,
-idempotency keys replay or refuse, and webhook secrets rotate with a grace period."""
+idempotency keys replay or refuse, and webhook secrets rotate with a grace period. Time is a `ManualClock` the tests move:
+nothing waits for a lease or TTL to run out."""
 
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
+from avatar.clock import ManualClock
 from avatar.store.jobs import (BATCH, CANCELED, FAILED, GENERATE, QUEUED, RUNNING, SUCCEEDED, SqliteJobStore,
                                open_job_store)
 
 
 @pytest.fixture()
-def store(database_url):
-    """The job store on each backend: an SQLite file, and a database on a real PostgreSQL server."""
-    return open_job_store(database_url)
+def clock():
+    return ManualClock()
+
+
+@pytest.fixture()
+def store(database_url, clock):
+    """The job store on each backend (an SQLite file, and a database on a real PostgreSQL server), on `clock`."""
+    return open_job_store(database_url, clock=clock)
 
 
 def _batch(store, n=3, account="acc_a", **kw):
@@ -71,11 +77,12 @@ def test_first_claim_starts_the_job_once(store):
     assert store.claim_item("r1", 60)[1] is False
 
 
-def test_an_expired_lease_is_taken_over_and_the_old_owner_cannot_finish(store):
+def test_an_expired_lease_is_taken_over_and_the_old_owner_cannot_finish(store, clock):
     job = _batch(store, 1)
-    item, _ = store.claim_item("dead", 0.05)
+    item, _ = store.claim_item("dead", 5)
+    clock.advance(4.9)
     assert store.claim_item("r2", 60) is None          # leased: nobody else gets it
-    time.sleep(0.1)
+    clock.advance(0.2)
     again, _ = store.claim_item("r2", 60)
     assert again.key == item.key and again.attempts == 2
     assert not store.finish_item("dead", item, SUCCEEDED, {"x": 1})
@@ -84,30 +91,59 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_cannot_finish(store):
     assert store.items("acc_a", job.job_id)[0].result == {"x": 2}
 
 
-def test_renew_keeps_a_lease_and_reports_lost_ones(store):
-    job = _batch(store, 2)
-    a, _ = store.claim_item("r1", 0.2)
-    b, _ = store.claim_item("r1", 0.2)
+def test_renew_keeps_a_lease_and_reports_lost_ones(store, clock):
+    job = _batch(store, 3)
+    a, _ = store.claim_item("r1", 10)
+    b, _ = store.claim_item("r1", 10)
+    clock.advance(8)
+    assert store.renew("r1", [a.key, b.key], 10) == {a.key, b.key}
+    clock.advance(8)                                    # past the first lease, within the renewed one
+    assert store.claim_item("r2", 60)[0].idx == 2
     store.cancel("acc_a", job.job_id)
     assert store.renew("r1", [a.key, b.key], 60) == set()
 
 
-def test_an_item_interrupted_too_often_fails_instead_of_looping(store):
+def test_a_runner_is_never_handed_back_its_own_item(store, clock):
+    """A runner whose loop was busy past its lease still runs the item: it must not claim it a second time (that
+    would run it twice and count an interruption); another runner may take it over."""
     job = _batch(store, 1)
-    for _ in range(2):
-        store.claim_item("dying", 0.01)
-        time.sleep(0.03)
+    item, _ = store.claim_item("r1", 1)
+    clock.advance(5)
+    assert store.claim_item("r1", 60) is None
+    assert store.finish_item("r1", item, SUCCEEDED, {"late": True})   # still its own: the result is accepted
+    second = _batch(store, 1)
+    lapsed, _ = store.claim_item("r1", 1)
+    clock.advance(5)
+    taken, _ = store.claim_item("r2", 60)
+    assert taken.key == lapsed.key == (second.job_id, 0) and taken.attempts == 2
+    assert store.items("acc_a", job.job_id)[0].result == {"late": True}
+
+
+def test_items_are_found_by_request_id_across_accounts(store):
+    a, b = _batch(store, 2), _batch(store, 1, account="acc_b")
+    wanted = [store.items("acc_a", a.job_id)[1].request_id, store.items("acc_b", b.job_id)[0].request_id]
+    found = store.items_by_request(wanted + ["req_unknown"])
+    assert sorted((i.account, i.job_id, i.idx) for i in found) == [("acc_a", a.job_id, 1), ("acc_b", b.job_id, 0)]
+    assert store.items_by_request([]) == []
+
+
+def test_an_item_interrupted_too_often_fails_instead_of_looping(store, clock):
+    job = _batch(store, 1)
+    for owner in ("dying1", "dying2"):
+        store.claim_item(owner, 1)
+        clock.advance(2)
     assert store.claim_item("r", 60, max_attempts=2) is None
     item = store.items("acc_a", job.job_id)[0]
     assert item.state == FAILED and item.error["error"]["code"] == "stage_unavailable"
 
 
-def test_release_requeues_after_a_delay(store):
+def test_release_requeues_after_a_delay(store, clock):
     _batch(store, 1)
     item, _ = store.claim_item("r1", 60)
-    assert store.release_item("r1", item, delay_s=0.15)
+    assert store.release_item("r1", item, delay_s=10)
+    clock.advance(9.9)
     assert store.claim_item("r1", 60) is None
-    time.sleep(0.2)
+    clock.advance(0.2)
     assert store.claim_item("r1", 60)[0].key == item.key
 
 
@@ -124,7 +160,7 @@ def test_cancel_stops_queued_and_running_items_and_keeps_finished_ones(store):
     assert store.cancel("acc_b", job.job_id) is None
 
 
-def test_a_settled_job_is_claimed_once_for_finishing(store):
+def test_a_settled_job_is_claimed_once_for_finishing(store, clock):
     job = store.create_job("acc_a", GENERATE, {}, [(None, {"url": "https://x"})], "http://h")
     item, _ = store.claim_item("r1", 60)
     assert store.claim_settled_job("r1", 60) is None        # an item still runs
@@ -134,13 +170,15 @@ def test_a_settled_job_is_claimed_once_for_finishing(store):
     assert not store.complete_job("r2", job.job_id, SUCCEEDED, {"a": 1})
     assert store.complete_job("r1", job.job_id, SUCCEEDED, {"a": 1})
     done = store.get_job("acc_a", job.job_id)
-    assert done.state == SUCCEEDED and done.output == {"a": 1} and done.expires_at > time.time()
+    assert done.state == SUCCEEDED and done.output == {"a": 1} and done.expires_at == clock() + 86400
 
 
-def test_expired_jobs_are_swept_with_their_items(store):
-    job = store.create_job("acc_a", GENERATE, {}, [(None, {"upload": "job-inputs/x/0"})], "http://h", ttl_s=0.05)
+def test_expired_jobs_are_swept_with_their_items(store, clock):
+    job = store.create_job("acc_a", GENERATE, {}, [(None, {"upload": "job-inputs/x/0"})], "http://h", ttl_s=60)
     store.cancel("acc_a", job.job_id)
-    time.sleep(0.3)
+    clock.advance(59)
+    assert store.get_job("acc_a", job.job_id) is not None and store.sweep() == []
+    clock.advance(2)
     assert store.get_job("acc_a", job.job_id) is None     # expired reads as missing at once
     removed = store.sweep()
     assert [(j.job_id, [i.source for i in items]) for j, items in removed] == \
@@ -148,9 +186,9 @@ def test_expired_jobs_are_swept_with_their_items(store):
     assert store.sweep() == []
 
 
-def test_an_active_job_is_never_swept(store):
-    job = _batch(store, 1, ttl_s=0.01)
-    time.sleep(0.05)
+def test_an_active_job_is_never_swept(store, clock):
+    job = _batch(store, 1, ttl_s=1)
+    clock.advance(10)
     assert store.sweep() == [] and store.claim_item("r", 60)[0].job_id == job.job_id
 
 
@@ -168,26 +206,30 @@ def test_idempotency_new_replay_conflict_in_progress_and_release(store):
     assert store.idempotency_begin("acc", "generate", "k2", "fp9", 60).status == "new"
 
 
-def test_webhook_secret_rotation_keeps_the_old_one_during_its_grace(store):
+def test_webhook_secret_rotation_keeps_the_old_one_during_its_grace(store, clock):
     first, _ = store.webhook_secret("acc_a")
     assert first.startswith("whsec_") and store.webhook_secret("acc_a")[0] == first
     assert store.webhook_secret("acc_b")[0] != first
-    second, _ = store.rotate_webhook_secret("acc_a", grace_s=0.2)
+    second, _ = store.rotate_webhook_secret("acc_a", grace_s=60)
     assert second != first and store.webhook_secrets("acc_a") == [second, first]
-    time.sleep(0.25)
+    clock.advance(59)
+    assert store.webhook_secrets("acc_a") == [second, first]
+    clock.advance(2)
     assert store.webhook_secrets("acc_a") == [second]
 
 
-def test_deliveries_are_leased_and_every_attempt_is_kept(store):
+def test_deliveries_are_leased_and_every_attempt_is_kept(store, clock):
     job = _batch(store, 1, webhook_url="https://hooks.example.com/x", webhook_events=["completed"])
     msg = store.add_delivery(job, "completed", '{"type":"job.completed"}')
     d = store.claim_delivery("r1", 60)
     assert d.delivery_id == msg and d.account == "acc_a" and store.claim_delivery("r2", 60) is None
     assert not store.record_attempt("r2", msg, {"status_code": 500}, None, "failed")
-    store.record_attempt("r1", msg, {"at": time.time(), "status_code": 500, "error": "HTTP 500"}, time.time(),
+    store.record_attempt("r1", msg, {"at": clock(), "status_code": 500, "error": "HTTP 500"}, clock() + 30,
                          "pending")
+    assert store.claim_delivery("r2", 60) is None                           # the retry is not due yet
+    clock.advance(30)
     d = store.claim_delivery("r2", 60)
-    store.record_attempt("r2", msg, {"at": time.time(), "status_code": 204}, None, "delivered")
+    store.record_attempt("r2", msg, {"at": clock(), "status_code": 204}, None, "delivered")
     [done] = store.deliveries(job.job_id)
     assert done.state == "delivered" and [a["status_code"] for a in done.attempts] == [500, 204]
 

@@ -1,8 +1,9 @@
 """Jobs, batches, webhooks and idempotency through the real HTTP app and the real runner, with every stage run
 in-process (the same stage objects the Serve replicas hold): no cluster, so every rule is checked quickly.
 
-The runner is a `JobWorker` driven step by step by the test; killing it is dropping it mid-batch (its leases stay in
-the store until they expire), exactly what a dead replica leaves behind.
+The runner is a `JobWorker` driven step by step by the test; killing it is stopping it while items are provably
+running (its leases stay in the store until they expire), exactly what a dead replica leaves behind. A test that
+needs time to pass (a lease, a TTL, a webhook's backoff) gives the runner a `ManualClock` and moves it: none sleeps.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import base64
 import io
 import os
-import time
 import zipfile
 
 import numpy as np
@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from avatar.clock import ManualClock
 from avatar.flow.names import Stage
 from tests.webhook_receiver import Receiver
 
@@ -87,14 +88,18 @@ def api(env, pipeline):
     app.dependency_overrides.clear()
 
 
-def worker_for(api, pipeline, **config):
+def worker_for(api, pipeline, clock=None, call_for=None, **config):
+    """A runner over the service's job store; with `clock`, its store, leases, sweeps and retries read that clock
+    (the HTTP side keeps the real one)."""
+    from avatar.store.jobs import SqlJobStore
     from avatar.store.storage import Storage
     from service.config import RunnerConfig
     from service.runner import JobWorker
     ing = api.ingress
     cfg = RunnerConfig(**{"poll_s": 0.05, "renew_every_s": 0.05, "sweep_every_s": 3600, **config})
-    return JobWorker(ing.jobs, Storage(ing.storage.uri), ing.signer, lambda job: pipeline._call, cfg,
-                     telemetry=ing.telemetry, ledger=ing.billing.ledger)
+    store = ing.jobs if clock is None else SqlJobStore(ing.jobs.db, clock=clock)
+    return JobWorker(store, Storage(ing.storage.uri), ing.signer, call_for or (lambda job: pipeline._call), cfg,
+                     telemetry=ing.telemetry, ledger=ing.billing.ledger, **({"clock": clock} if clock else {}))
 
 
 def drain(worker, timeout_s=300):
@@ -159,15 +164,18 @@ def test_a_failed_async_job_carries_the_synchronous_error(api, pipeline):
 
 def test_webhook_retries_with_backoff_until_the_receiver_answers(api, pipeline, astronaut):
     secret = api.get("/v1/webhooks/secret", headers=api.a).json()["secret"]
+    clock = ManualClock()
     with Receiver(secret, statuses=[500, 503]) as receiver:
         resp = api.post("/v1/avatar/generate", headers={**api.a, **ASYNC},
                         json={"image": _b64(astronaut), "webhook_url": receiver.url})   # default: completed
-        worker = worker_for(api, pipeline)
-        drain(worker)
-        deadline = time.time() + 20
-        while len(receiver.received) < 3 and time.time() < deadline:   # the retries are scheduled, then due
-            drain(worker)
-            time.sleep(0.05)
+        worker = worker_for(api, pipeline, clock=clock)
+        asyncio.run(worker.drain(300, retries=False))
+        for sent in (1, 2):                              # each retry waits for its backoff on the runner's clock
+            assert len(receiver.received) == sent and worker.retry_due > clock()
+            asyncio.run(worker.drain(60, retries=False))
+            assert len(receiver.received) == sent        # not due yet: nothing is sent early
+            clock.advance(worker.retry_due - clock() + 0.001)
+            asyncio.run(worker.drain(60, retries=False))
         job = api.get(resp.json()["status_url"], headers=api.a).json()
     [delivery] = job["webhook"]["deliveries"]
     assert delivery["event"] == "completed" and delivery["state"] == "delivered"
@@ -292,31 +300,59 @@ def test_cancel_mid_batch_stops_the_rest(api, pipeline, astronaut):
     assert api.post(f"{job['status_url']}/cancel", headers=api.b).status_code == 404
 
 
+class Stall:
+    """`call_for` of a runner that lets its first `n` items through the stages; every later item stops at its first
+    stage and stays there, provably running (claimed, held, generating), until the runner dies."""
+
+    def __init__(self, pipeline, n):
+        self.pipeline, self.n, self.calls = pipeline, n, 0
+
+    def __call__(self, job):
+        self.calls += 1
+        return self.pipeline._call if self.calls <= self.n else self._stall
+
+    @property
+    def stalled(self) -> int:
+        return max(self.calls - self.n, 0)
+
+    def _stall(self, stage, *args, method="run"):
+        async def never():
+            await asyncio.Event().wait()
+        return asyncio.ensure_future(never())
+
+
 def test_killing_the_runner_mid_batch_then_resuming_loses_and_doubles_nothing(api, pipeline, astronaut):
     items = [{"external_id": f"k{i}", "image": _b64(astronaut)} for i in range(5)]
     job = api.post("/v1/batches", headers=api.a, json={"items": items, "platform": "github"}).json()
-    first = worker_for(api, pipeline, max_concurrency=2, lease_s=1.0)
+    clock = ManualClock()
+    stall = Stall(pipeline, 2)
+    first = worker_for(api, pipeline, clock=clock, call_for=stall, max_concurrency=2, lease_s=60)
 
     async def run_then_die():
-        while first.stats.completed < 2 or all(t.done() for t in first.inflight.values()):   # one still running
+        while first.stats.completed < 2 or stall.stalled < 2:
             await first.step()
             await asyncio.sleep(0.01)
-        await first.stop()          # dies with an item in flight: its lease stays in the store
+        await first.stop()          # dies with two items in flight: their leases stay in the store
     asyncio.run(run_then_die())
-    held = [i for i in api.get(f"{job['status_url']}/items", headers=api.a).json()["items"]
-            if i["state"] == "running"]
-    assert held, "the dead runner should have left an item running"
-    done_before = {i["index"]: i["result"]["request_id"] for i in
-                   api.get(f"{job['status_url']}/items", headers=api.a).json()["items"] if i["state"] == "succeeded"}
-    time.sleep(1.2)                 # the dead runner's lease expires
-    second = worker_for(api, pipeline, max_concurrency=2)
-    drain(second)
+    listed = api.get(f"{job['status_url']}/items", headers=api.a).json()["items"]
+    held = [i for i in listed if i["state"] == "running"]
+    assert [i["index"] for i in held] == [2, 3] and [i["state"] for i in listed].count("queued") == 1
+    done_before = {i["index"]: i["result"]["request_id"] for i in listed if i["state"] == "succeeded"}
+    assert sorted(done_before) == [0, 1]
+    second = worker_for(api, pipeline, clock=clock, max_concurrency=2)
+
+    async def resume():
+        await second.step()
+        assert second.stats.items_seen == [(job["job_id"], 4)]    # the dead runner's items are leased: not taken
+        clock.advance(61)           # its leases expire
+        await second.drain(300)
+    asyncio.run(resume())
     final = api.get(job["status_url"], headers=api.a).json()
     after = api.get(f"{job['status_url']}/items", headers=api.a).json()["items"]
     assert final["state"] == "succeeded" and final["progress"]["succeeded"] == 5
     redone = {idx for _, idx in second.stats.items_seen}
     assert not redone & set(done_before)                                     # finished items were not redone
-    assert {i["index"] for i in held} <= redone                              # the interrupted one was taken over
+    assert {i["index"] for i in held} <= redone                              # the interrupted ones were taken over
     assert {i["index"]: i["result"]["request_id"] for i in after if i["index"] in done_before} == done_before
     assert first.stats.completed + second.stats.completed == 5                # each item completed exactly once
     with zipfile.ZipFile(io.BytesIO(api.get(final["output"]["zip_url"]).content)) as archive:
@@ -478,13 +514,17 @@ def test_style_training_requests_are_idempotent_too(api):
 
 
 def test_finished_jobs_expire_with_their_outputs(api, pipeline, astronaut, monkeypatch):
-    monkeypatch.setenv("AVATAR_JOB_TTL_S", "1")
+    monkeypatch.setenv("AVATAR_JOB_TTL_S", "3600")
+    clock = ManualClock()
     resp = api.post("/v1/avatar/generate", headers={**api.a, **ASYNC}, json={"image": _b64(astronaut)})
-    worker = worker_for(api, pipeline, sweep_every_s=0.1)
+    worker = worker_for(api, pipeline, clock=clock, sweep_every_s=10)
     drain(worker)
     job = api.get(resp.json()["status_url"], headers=api.a).json()
     assert job["state"] == "succeeded" and api.get(job["output"]["avatar_url"]).status_code == 200
-    time.sleep(1.2)
+    clock.advance(3590)
+    drain(worker)                                     # the runner's sweep: not expired yet
+    assert api.get(resp.json()["status_url"], headers=api.a).status_code == 200
+    clock.advance(20)
     drain(worker)                                     # the runner's sweep
     assert api.get(resp.json()["status_url"], headers=api.a).status_code == 404
     assert api.get(job["output"]["avatar_url"]).status_code == 404      # the avatar is deleted too

@@ -122,3 +122,43 @@ def _account(store, job_id: str) -> str:
     import sqlite3
     with sqlite3.connect(store.path) as db:
         return db.execute("SELECT account FROM jobs WHERE job_id=?", (job_id,)).fetchone()[0]
+
+
+def test_a_canceled_batch_gives_its_credits_back_on_the_running_service(service, astronaut):
+    """With credits on, a team batch of 3 canceled as soon as the runner has started it costs nothing: whatever the
+    runner had claimed and held is given back, and the balance ends where it was (an avatar finished before the cancel
+    would be the only charge)."""
+    from avatar.store.accounts import open_account_store
+    from avatar.store.credits import HELD, Ledger
+    from avatar.store.database import open_database
+    from avatar.store.jobs import open_job_store
+    from avatar.settings import settings
+    account, key = open_account_store().create_account("canceling team")
+    ledger = Ledger(open_database(settings().resolved_database_url))
+    ledger.grant(account, 200, "test")
+    auth = {"Authorization": f"Bearer {key}"}
+    if not service.get("/v1/account", headers=auth).json()["credits_enabled"]:
+        pytest.skip("the `service` fixture deploys AvatarIngress without `accounts.credits: true`")
+    items = [{"external_id": f"team-{i}", "image": _b64(astronaut)} for i in range(3)]
+    accepted = service.post("/v1/batches", headers=auth, json={"items": items, "platform": "slack"})
+    assert accepted.status_code == 202, accepted.text
+    url = accepted.json()["status_url"]
+    deadline = time.time() + 120          # cancel once the runner has claimed work, as a customer's quick cancel finds
+    while service.get(url, headers=auth).json()["progress"]["running"] == 0 and time.time() < deadline:
+        time.sleep(0.05)
+    assert service.post(f"{url}/cancel", headers=auth).json()["state"] == "canceled"
+    store = open_job_store()
+
+    def unsettled() -> list:
+        """Items the runner claimed whose hold is still taken, or not taken yet (it is taken before any work)."""
+        charges = [(item, ledger.charge(item.request_id)) for item in store.items(account, accepted.json()["job_id"])]
+        return [(item.idx, item.attempts, charge) for item, charge in charges
+                if (charge.state == HELD if charge else item.attempts > 0)]
+    deadline = time.time() + 120          # the runner stops canceled work at its next lease renewal
+    while unsettled() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not unsettled()
+    listed = service.get(f"{url}/items", headers=auth).json()["items"]
+    billable = sum(bool(i["billable"]) for i in listed if i["state"] == "succeeded")
+    assert service.get("/v1/account", headers=auth).json()["balance"] == 200 - billable
+    assert ledger.balance(account) == 200 - billable

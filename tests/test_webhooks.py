@@ -10,6 +10,7 @@ import time
 import pytest
 
 from avatar import webhooks
+from avatar.clock import ManualClock
 from avatar.errors import InvalidRequest
 from avatar.store.fetch import FetchPolicy
 from tests.webhook_receiver import Receiver
@@ -63,6 +64,15 @@ def test_backoff_doubles_up_to_the_cap_and_stops_at_the_window():
     assert policy.next_at(first_at=0, attempts=5, now=290) is None          # past the 300 s window
     jittered = webhooks.RetryPolicy(base_s=10, jitter=0.2)
     assert all(8 <= jittered.delay(1) <= 12 for _ in range(50))
+
+
+def test_the_next_attempt_is_scheduled_from_the_policys_clock():
+    clock = ManualClock(start=1000.0)
+    policy = webhooks.RetryPolicy(base_s=5, max_delay_s=60, window_s=300, jitter=0, clock=clock)
+    assert policy.next_at(first_at=1000.0, attempts=1) == 1005.0
+    clock.advance(295)
+    assert policy.next_at(first_at=1000.0, attempts=2) is None             # 1295 + 10 is past the window
+    assert policy == webhooks.RetryPolicy(base_s=5, max_delay_s=60, window_s=300, jitter=0)   # the clock aside
 
 
 def test_event_filter_names():

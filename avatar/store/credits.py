@@ -5,7 +5,7 @@ A generate request of an account *holds* its price before any work (`hold`): one
 concurrent requests from any number of replicas can never overdraw an account, and a request id is charged at most
 once (a second hold of the same id returns the first). When the request ends, `settle` keeps the credits of a billable
 avatar and gives back those of an unbilled or refused one. A hold whose replica died is given back by
-`release_stale`. Seats: an active seat of (account, external_id) makes the avatar free; otherwise the hold is the seat
+`release_stale`; the job runner settles the holds of batch items (`held`) from each item's final state. Seats: an active seat of (account, external_id) makes the avatar free; otherwise the hold is the seat
 price, and the billable avatar opens the seat (or, when a concurrent request opened it first, is given back).
 """
 
@@ -145,6 +145,13 @@ class Ledger:
                 tx.execute("UPDATE avatars SET state=?, settled_at=? WHERE request_id=?",
                            (REFUSED, tx.now(), request_id))
             return _charge(tx, request_id)
+
+    def held(self, limit: int = 500) -> list[str]:
+        """Request ids whose hold is not settled yet, oldest first (the job runner settles those of finished items)."""
+        with self.db.transaction(write=False) as tx:
+            rows = tx.execute("SELECT request_id FROM avatars WHERE state=? ORDER BY created_at LIMIT ?",
+                              (HELD, limit)).fetchall()
+        return [r[0] for r in rows]
 
     def release_stale(self, max_age_s: float) -> int:
         """Give back the holds of requests older than `max_age_s` that never settled (their replica died)."""

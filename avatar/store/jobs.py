@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from avatar.clock import Clock, system_clock
 from avatar.settings import settings
 from avatar.store.database import Database, SqliteDatabase, Tx, open_database, redact, sqlite_path
 
@@ -129,6 +129,7 @@ class JobStore(Protocol):
     def cancel(self, account: str, job_id: str) -> JobRecord | None: ...
     def claim_item(self, owner: str, lease_s: float, max_attempts: int = 3) -> tuple[ItemRecord, bool] | None: ...
     def renew(self, owner: str, keys: list[tuple[str, int]], lease_s: float) -> set[tuple[str, int]]: ...
+    def items_by_request(self, request_ids: list[str]) -> list[ItemRecord]: ...
     def finish_item(self, owner: str, item: ItemRecord, state: str, result: dict | None = None,
                     error: dict | None = None, billable: bool = False, outputs: list[str] | None = None) -> bool: ...
     def release_item(self, owner: str, item: ItemRecord, delay_s: float = 0.0) -> bool: ...
@@ -168,9 +169,10 @@ def _loads(text: str | None) -> Any:
 class SqlJobStore:
     """Jobs on the service's database: shared by the ingress replicas and the runners of every node it reaches."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock = system_clock) -> None:
         self.db = db
         self.uri = db.url
+        self.clock = clock   # leases, retry delays, TTLs and secret grace periods read it (tests move it)
 
     # ------------------------------------------------------------ plumbing
     def _tx(self) -> Any:
@@ -186,7 +188,7 @@ class SqlJobStore:
                    ttl_s: float = 86400.0, job_id: str | None = None) -> JobRecord:
         """A queued job with its items, in one transaction: accepted work is either all there or not at all."""
         job_id = job_id or new_job_id()
-        now = time.time()
+        now = self.clock()
         with self._tx() as db:
             db.execute(f"INSERT INTO jobs ({_JOB_COLS}, ttl_s) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        (job_id, account, kind, QUEUED, json.dumps(params), base_url, webhook_url,
@@ -212,14 +214,14 @@ class SqlJobStore:
         """The account's job, or None when missing, expired or another account's (callers answer 404)."""
         with self._read() as db:
             row = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE job_id=? AND account=? AND {_LIVE}",
-                             (job_id, account, time.time())).fetchone()
+                             (job_id, account, self.clock())).fetchone()
             return self._job(db, row) if row else None
 
     def list_jobs(self, account: str, limit: int = 50, kind: str | None = None) -> list[JobRecord]:
         with self._read() as db:
             rows = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE account=? AND {_LIVE} "
                               "AND (CAST(? AS TEXT) IS NULL OR kind=?) ORDER BY created_at DESC LIMIT ?",
-                              (account, time.time(), kind, kind, limit)).fetchall()
+                              (account, self.clock(), kind, kind, limit)).fetchall()
             return [self._job(db, r) for r in rows]
 
     def items(self, account: str, job_id: str, offset: int = 0, limit: int = 1000) -> list[ItemRecord]:
@@ -233,7 +235,7 @@ class SqlJobStore:
     def cancel(self, account: str, job_id: str) -> JobRecord | None:
         """Cancel a queued or running job: every unfinished item becomes canceled (a running item's result will be
         refused), the job ends now. A finished job is returned unchanged."""
-        now = time.time()
+        now = self.clock()
         with self._tx() as db:
             row = db.execute(f"SELECT state, ttl_s FROM jobs WHERE job_id=? AND account=? AND {_LIVE}",
                              (job_id, account, now)).fetchone()
@@ -251,15 +253,18 @@ class SqlJobStore:
         """The next item to run (oldest job first), leased to `owner`; True when this claim started its job.
 
         A running item whose lease expired (its runner died) is taken again, unless it has used `max_attempts`
-        claims: then it fails with `stage_unavailable` rather than crash-looping a runner."""
-        now = time.time()
+        claims: then it fails with `stage_unavailable` rather than crash-looping a runner. An item `owner` itself
+        runs is never handed back to it, even when its lease lapsed (a runner whose loop was busy past the lease
+        still runs it, and its result is still accepted while nobody else took the item)."""
+        now = self.clock()
         with self._tx() as db:
             db.serialize("jobs:claim_item")
             while True:
                 row = db.execute(
                     "SELECT i.job_id, i.idx, i.attempts FROM items i JOIN jobs j ON j.job_id=i.job_id "
-                    "WHERE j.state IN (?,?) AND ((i.state=? AND i.not_before<=?) OR (i.state=? AND i.lease_until<?)) "
-                    "ORDER BY j.created_at, i.idx LIMIT 1", (QUEUED, RUNNING, QUEUED, now, RUNNING, now)).fetchone()
+                    "WHERE j.state IN (?,?) AND ((i.state=? AND i.not_before<=?) OR (i.state=? AND i.lease_until<? "
+                    "AND COALESCE(i.owner, '')<>?)) ORDER BY j.created_at, i.idx LIMIT 1",
+                    (QUEUED, RUNNING, QUEUED, now, RUNNING, now, owner)).fetchone()
                 if row is None:
                     return None
                 job_id, idx, attempts = row
@@ -278,6 +283,18 @@ class SqlJobStore:
                 account = db.execute("SELECT account FROM jobs WHERE job_id=?", (job_id,)).fetchone()[0]
                 return _item(item, account), started
 
+    def items_by_request(self, request_ids: list[str]) -> list[ItemRecord]:
+        """The items of these request ids, of any account (the runner settles the credit holds of finished items)."""
+        out: list[ItemRecord] = []
+        with self._read() as db:
+            for start in range(0, len(request_ids), 500):
+                chunk = request_ids[start:start + 500]
+                rows = db.execute(f"SELECT {', '.join('i.' + c for c in _ITEM_COLS.split(', '))}, j.account "
+                                  "FROM items i JOIN jobs j ON j.job_id=i.job_id "
+                                  f"WHERE i.request_id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+                out.extend(_item(r[:-1], r[-1]) for r in rows)
+        return out
+
     def renew(self, owner: str, keys: list[tuple[str, int]], lease_s: float) -> set[tuple[str, int]]:
         """Extend the leases of `owner`'s running items; returns the ones it still holds (the others were canceled
         or taken over, and their work should stop)."""
@@ -285,7 +302,7 @@ class SqlJobStore:
         with self._tx() as db:
             for job_id, idx in keys:
                 cur = db.execute("UPDATE items SET lease_until=? WHERE job_id=? AND idx=? AND owner=? AND state=?",
-                                 (time.time() + lease_s, job_id, idx, owner, RUNNING))
+                                 (self.clock() + lease_s, job_id, idx, owner, RUNNING))
                 if cur.rowcount:
                     held.add((job_id, idx))
         return held
@@ -298,7 +315,7 @@ class SqlJobStore:
             cur = db.execute("UPDATE items SET state=?, result=?, error=?, billable=?, finished_at=?, owner=NULL, "
                              "outputs=? WHERE job_id=? AND idx=? AND owner=? AND state=?",
                              (state, json.dumps(result) if result is not None else None,
-                              json.dumps(error) if error is not None else None, int(billable), time.time(),
+                              json.dumps(error) if error is not None else None, int(billable), self.clock(),
                               json.dumps(outputs or []), item.job_id, item.idx, owner, RUNNING))
             return cur.rowcount > 0
 
@@ -307,13 +324,13 @@ class SqlJobStore:
         with self._tx() as db:
             cur = db.execute("UPDATE items SET state=?, owner=NULL, lease_until=NULL, not_before=? "
                              "WHERE job_id=? AND idx=? AND owner=? AND state=?",
-                             (QUEUED, time.time() + delay_s, item.job_id, item.idx, owner, RUNNING))
+                             (QUEUED, self.clock() + delay_s, item.job_id, item.idx, owner, RUNNING))
             return cur.rowcount > 0
 
     # ------------------------------------------------------------ jobs: finalise
     def claim_settled_job(self, owner: str, lease_s: float) -> JobRecord | None:
         """An active job whose items have all finished, leased to `owner` to build its output and end it."""
-        now = time.time()
+        now = self.clock()
         with self._tx() as db:
             db.serialize("jobs:claim_settled_job")
             row = db.execute(
@@ -329,7 +346,7 @@ class SqlJobStore:
     def complete_job(self, owner: str, job_id: str, state: str, output: dict | None = None,
                      error: dict | None = None) -> bool:
         """End a job the owner finalised; its outputs expire `ttl_s` after this."""
-        now = time.time()
+        now = self.clock()
         with self._tx() as db:
             cur = db.execute("UPDATE jobs SET state=?, output=?, error=?, finished_at=?, expires_at=?+ttl_s, "
                              "owner=NULL WHERE job_id=? AND owner=? AND state IN (?,?)",
@@ -341,7 +358,7 @@ class SqlJobStore:
     # ------------------------------------------------------------ webhook deliveries
     def add_delivery(self, job: JobRecord, event: str, payload: str) -> str:
         delivery_id = "msg_" + secrets.token_hex(12)
-        now = time.time()
+        now = self.clock()
         with self._tx() as db:
             db.execute("INSERT INTO deliveries (delivery_id, job_id, event, url, payload, state, created_at, next_at) "
                        "VALUES (?,?,?,?,?,?,?,?)",
@@ -355,7 +372,7 @@ class SqlJobStore:
         a message being retried does not hold back the later ones. An account has at most `per_account` messages
         in flight over every runner, and due messages of accounts with fewer in flight go first: a slow receiver
         costs its own account's sends, not everyone's."""
-        now = time.time()
+        now = self.clock()
         limit = per_account if per_account is not None else 2**62
         with self._tx() as db:
             db.serialize("jobs:claim_delivery")
@@ -386,10 +403,10 @@ class SqlJobStore:
                 return False
             n = db.execute("SELECT COUNT(*) FROM delivery_attempts WHERE delivery_id=?", (delivery_id,)).fetchone()[0]
             db.execute("INSERT INTO delivery_attempts VALUES (?,?,?,?,?,?)",
-                       (delivery_id, n + 1, attempt.get("at", time.time()), attempt.get("status_code"),
+                       (delivery_id, n + 1, attempt.get("at", self.clock()), attempt.get("status_code"),
                         attempt.get("error"), attempt.get("duration_ms")))
             db.execute("UPDATE deliveries SET state=?, next_at=?, owner=NULL, lease_until=NULL WHERE delivery_id=?",
-                       (state, next_at if next_at is not None else time.time(), delivery_id))
+                       (state, next_at if next_at is not None else self.clock(), delivery_id))
         return True
 
     def deliveries(self, job_id: str) -> list[DeliveryRecord]:
@@ -417,7 +434,7 @@ class SqlJobStore:
             row = db.execute("SELECT secret, created_at FROM webhook_secrets WHERE account=?", (account,)).fetchone()
             if row:
                 return row[0], row[1]
-            secret, now = _new_secret(), time.time()
+            secret, now = _new_secret(), self.clock()
             db.execute("INSERT INTO webhook_secrets (account, secret, created_at) VALUES (?,?,?)",
                        (account, secret, now))
             return secret, now
@@ -425,7 +442,7 @@ class SqlJobStore:
     def rotate_webhook_secret(self, account: str, grace_s: float) -> tuple[str, float]:
         """A new secret; the old one keeps signing beside it for `grace_s`, so receivers can switch without a gap."""
         self.webhook_secret(account)
-        secret, now = _new_secret(), time.time()
+        secret, now = _new_secret(), self.clock()
         with self._tx() as db:
             db.execute("UPDATE webhook_secrets SET previous=secret, previous_until=?, secret=?, created_at=? "
                        "WHERE account=?", (now + grace_s, secret, now, account))
@@ -437,13 +454,13 @@ class SqlJobStore:
         with self._read() as db:
             row = db.execute("SELECT previous, previous_until FROM webhook_secrets WHERE account=?",
                              (account,)).fetchone()
-        return [current] + ([row[0]] if row and row[0] and (row[1] or 0) > time.time() else [])
+        return [current] + ([row[0]] if row and row[0] and (row[1] or 0) > self.clock() else [])
 
     # ------------------------------------------------------------ idempotency
     def idempotency_begin(self, scope: str, route: str, key: str, fingerprint: str,
                           ttl_s: float) -> IdempotencyResult:
         """Reserve `key` for this request body (its `fingerprint`), or say what the key already stands for."""
-        now = time.time()
+        now = self.clock()
         with self._tx() as db:
             db.serialize(f"jobs:idempotency:{scope}:{route}:{key}")
             db.execute("DELETE FROM idempotency WHERE scope=? AND route=? AND key=? AND expires_at<?",
@@ -475,7 +492,7 @@ class SqlJobStore:
     def sweep(self, now: float | None = None) -> list[tuple[JobRecord, list[ItemRecord]]]:
         """Delete expired jobs (with their items and deliveries) and idempotency records; returns what was removed
         so the caller can delete the stored outputs and uploads they point to."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         with self._tx() as db:
             rows = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE expires_at<=? AND state NOT IN (?,?)",
                               (now, QUEUED, RUNNING)).fetchall()
@@ -505,33 +522,33 @@ def _new_secret() -> str:
 class SqliteJobStore(SqlJobStore):
     """The embedded default: one SQLite file (WAL) shared by the ingress replicas and the runners of one node."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], clock: Clock = system_clock) -> None:
         db = SqliteDatabase(path)
         db.migrate()
-        super().__init__(db)
+        super().__init__(db, clock)
         self.path = db.path
 
 
-def open_job_store(uri: str | None = None) -> JobStore:
+def open_job_store(uri: str | None = None, clock: Clock = system_clock) -> JobStore:
     """The store of the database at `uri` (default `AVATAR_JOBS_URI`, else the service's database
     `AVATAR_DATABASE_URL`, else `<data dir>/jobs.sqlite3`): `sqlite:///relative/path`, `sqlite:////absolute/path` or
-    `postgresql://user@host/db`. Other backends register in `BACKENDS`."""
+    `postgresql://user@host/db`. Other backends register in `BACKENDS`. `clock` is what its leases and TTLs read."""
     uri = uri or settings().resolved_jobs_uri
     scheme, sep, _ = uri.partition("://")
     if not sep or scheme not in BACKENDS:
         raise ValueError(f"unsupported job store URI {redact(uri)!r}; schemes: {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[scheme](uri)
+    return BACKENDS[scheme](uri, clock)
 
 
-def _open_sqlite(uri: str) -> SqliteJobStore:
+def _open_sqlite(uri: str, clock: Clock) -> SqliteJobStore:
     path = sqlite_path(uri)
     if path == ":memory:":
         raise ValueError("the job store must be a file shared by the service's processes, not :memory:")
-    return SqliteJobStore(path)
+    return SqliteJobStore(path, clock)
 
 
-def _open_shared(uri: str) -> SqlJobStore:
-    return SqlJobStore(open_database(uri))
+def _open_shared(uri: str, clock: Clock) -> SqlJobStore:
+    return SqlJobStore(open_database(uri), clock)
 
 
 BACKENDS: dict[str, Any] = {"sqlite": _open_sqlite, "postgresql": _open_shared, "postgres": _open_shared}

@@ -4,7 +4,8 @@ every node draws from the same bucket.
 A bucket holds up to `capacity` tokens and refills at `rate_per_s`; a request takes one. The row is read with a row
 lock (`SELECT ... FOR UPDATE` on PostgreSQL; SQLite's write transaction locks the file), refilled by the time elapsed
 on the database server's clock (one clock for all nodes) and written back in the same transaction: concurrent
-requests never both spend the last token.
+requests never both spend the last token. A limiter given a `clock` reads it instead (tests move it rather than
+sleeping for tokens to come back).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from avatar.clock import Clock
 from avatar.store.database import Database
 
 
@@ -30,13 +32,14 @@ class RateDecision:
 
 
 class RateLimiter:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
         self.db = db
+        self.clock = clock   # None: the database server's clock, one for every node
 
     def take(self, bucket: str, rate_per_s: float, capacity: int, cost: float = 1.0) -> RateDecision:
         """Spend `cost` tokens of `bucket` when it has them."""
         with self.db.transaction() as tx:
-            now = tx.now()
+            now = self.clock() if self.clock is not None else tx.now()
             select = "SELECT tokens, updated_at FROM rate_buckets WHERE bucket=?" + tx.for_update
             row = tx.execute(select, (bucket,)).fetchone()
             if row is None:   # first use: a full bucket (a concurrent first insert wins; this one then reads it)
