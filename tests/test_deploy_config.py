@@ -24,8 +24,8 @@ def test_rayservice_embeds_the_serve_config():
 
 def test_every_stage_is_configured_with_its_own_scaling_and_gpu_share():
     from avatar.flow.names import Stage
-    from service.ingress import AvatarIngress
-    from service.runner import JobRunner
+    from deployments.ingress import AvatarIngress
+    from deployments.job_runner import JobRunner
     app = app_config(load_config())
     configured = {d["name"]: d for d in app["deployments"]}
     assert set(configured) == {s.deployment for s in Stage} | {AvatarIngress.name, JobRunner.name}
@@ -69,7 +69,7 @@ def test_every_stage_queue_is_bounded():
 
 
 def test_graph_binds_the_ingress_over_all_stages():
-    from service.graph import build_app
+    from graph import build_app
     app = build_app({"StyleApply": {"user_config": {"engine": {"name": "cpu"}}}})
     assert app is not None
 
@@ -116,7 +116,7 @@ def test_an_unknown_deployment_name_is_refused():
 def test_a_replica_refuses_an_invalid_user_config_at_start_up():
     """`serve deploy` bypasses the launcher: the replica itself fails its start naming the field."""
     from avatar.flow.assembly import ConfigError
-    from service.replicas import StyleApply
+    from deployments.style_apply import StyleApply
     with pytest.raises(ConfigError, match=r"StyleApply\.user_config\.batch\.max_batch_size"):
         StyleApply.func_or_class().reconfigure({"batch": {"max_batch_size": 0}})
 
