@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from ray import serve
 
-from avatar.flow.assembly import BatchConfig
 from avatar.flow.names import Stage
 from avatar.job import AvatarJob
+from avatar.stages import BatchConfig
 from deployments.stage import StageReplica
 
 

@@ -13,9 +13,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
-from avatar.flow.assembly import BatchConfig, StageConfig, build_stage, stage_config
+from avatar.flow.assembly import build_stage, stage_config
 from avatar.flow.names import Stage
-from avatar.flow.stages import close_stage
+from avatar.stages import BatchConfig, StageConfig, close_stage
 from service import memory
 from service.handles import replica_location
 

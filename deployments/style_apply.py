@@ -10,10 +10,10 @@ from typing import Any
 from ray import serve
 
 from avatar.errors import NotFound
-from avatar.flow.assembly import BatchConfig
 from avatar.flow.names import Stage
 from avatar.job import AvatarJob
 from avatar.settings import settings
+from avatar.stages import BatchConfig
 from avatar.store.storage import Storage
 from avatar.tokens import load_token, token_version
 from deployments.stage import StageReplica

@@ -118,7 +118,8 @@ def _run_local(monkeypatch, deployment, config: dict, engine_method: str):
 # -------------------------------------------------------------------- batching (in-process Serve testing mode)
 
 def test_batch_settings_from_user_config():
-    from avatar.flow.assembly import BatchConfig, StyleApplyConfig
+    from avatar.stages import BatchConfig
+    from avatar.stages.style_apply import StyleApplyConfig
     assert (StyleApplyConfig().batch.max_batch_size, StyleApplyConfig().batch.wait_timeout_s) == (4, 0.02)
     batch = StyleApplyConfig.model_validate({"batch": {"max_batch_size": 8, "wait_timeout_s": 0.1}}).batch
     assert (batch.max_batch_size, batch.wait_timeout_s) == (8, 0.1)
@@ -144,7 +145,7 @@ def test_changing_only_batch_settings_keeps_the_loaded_engine():
 
 def test_cpu_engine_keeps_one_job_at_a_time(monkeypatch, local_batching, face_crop):
 
-    from avatar.flow.stages import StyleApplyStage
+    from avatar.stages.style_apply import StyleApplyStage
     from deployments.style_apply import StyleApply
     batched = []
     monkeypatch.setattr(StyleApplyStage, "run_batch", lambda self, jobs, attempts=None: batched.append(jobs) or jobs)
