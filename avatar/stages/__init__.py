@@ -106,7 +106,12 @@ def engine_used(engine, job: AvatarJob):
 
 
 def close_stage(stage: object) -> None:
-    """Release a stage's model runtimes (MediaPipe objects must be closed before interpreter exit)."""
+    """Release a stage's model runtimes (MediaPipe objects must be closed before interpreter exit): a stage's own
+    `close()` when it has one, else the `close()` of the components it holds under the usual names."""
+    own = getattr(stage, "close", None)
+    if callable(own):
+        own()
+        return
     for attr in ("analyzer", "segmenter", "identity", "engine", "enhancer", "gate"):
         close = getattr(getattr(stage, attr, None), "close", None)
         if callable(close):
