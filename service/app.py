@@ -1,6 +1,6 @@
 """The HTTP API: one FastAPI app, one router per resource, one error mapping, a generated OpenAPI document.
 
-Routes are plain functions (`service/routes/`); `service.ingress.AvatarIngress` serves this app through
+Routes are plain functions (`service/routes/`); `deployments.ingress.AvatarIngress` serves this app through
 `@serve.ingress` and gives routes its handles and configuration through `service.dependencies`.
 """
 

@@ -1,13 +1,13 @@
-"""AvatarIngress: the HTTP front door (FastAPI through `@serve.ingress`). Admission (parsing, validation, limits,
-timeouts, auth) happens here; model work happens in the stage deployments, which hand their results to each other
-directly: the ingress sees only the gate's verdicts and the final, image-free job."""
+"""The HTTP front door's state (`deployments/ingress.py` serves it as `AvatarIngress` through `@serve.ingress`).
+Admission (parsing, validation, limits, timeouts, auth) happens here; model work happens in the stage deployments,
+which hand their results to each other directly: the ingress sees only the gate's verdicts and the final, image-free
+job."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import Request
-from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from avatar.contracts import GenerateResponse
@@ -18,12 +18,11 @@ from avatar.settings import settings
 from avatar.store.jobs import JobStore, open_job_store
 from avatar.store.storage import Storage, UrlSigner
 from service.answers import generate_response
-from service.app import app
 from service.admission import Admission
 from service.auth import Authenticator
 from service.billing import Billing
-from service.config import INGRESS, IngressConfig, ingress_config
-from service.replicas import replica_location, stage_call
+from service.config import IngressConfig, ingress_config
+from service.handles import replica_location, stage_call
 from service.telemetry import Telemetry
 
 
@@ -117,6 +116,3 @@ class Ingress:
         if self.job_runner is not None:
             self.job_runner.wake.remote()
 
-
-AvatarIngress = serve.deployment(name=INGRESS, ray_actor_options={"num_cpus": 0.25},
-                                 max_ongoing_requests=64)(serve.ingress(app)(Ingress))

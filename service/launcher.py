@@ -96,7 +96,7 @@ def deploy(profile: str = "auto", config_path: str = str(CONFIG_PATH), host: str
     from avatar.settings import settings
     settings().check_shared_secrets()
 
-    from service.graph import build_app
+    from graph import build_app
     config = load_config(config_path)
     profile = resolve_profile(profile)
     if profile == "cpu":

@@ -28,26 +28,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ray import serve
-
 from avatar.deliverables import Member, avatars_zip, contact_sheet
 from avatar.engines.template import OutputTemplate
 from avatar.errors import InvalidRequest, NotFound
 from avatar.flow import orchestrator
-from avatar.flow.names import Stage
 from avatar.job import AvatarJob, PhotoInput
 from avatar.settings import settings
-from avatar.store.credits import Ledger
-from avatar.store.database import open_database
 from avatar.store.fetch import FetchPolicy
-from avatar.store.jobs import (BATCH, CANCELED, DELIVERED, FAILED, GAVE_UP, PENDING, SUCCEEDED, ItemRecord,
-                               JobRecord, JobStore, open_job_store)
+from avatar.store.credits import Ledger
+from avatar.store.jobs import BATCH, CANCELED, FAILED, SUCCEEDED, ItemRecord, JobRecord, JobStore
 from avatar.store.storage import Storage, UrlSigner
 from avatar.vision.imageio import b64decode_image
 from avatar import webhooks
 from avatar.clock import Clock, system_clock
 from service.answers import generate_response, item_view, job_view
-from service.config import RUNNER, RunnerConfig, runner_config
+from service.config import RunnerConfig
 from service.delivery import deliver_once, lease_s
 from service.errors import as_avatar_error
 
@@ -517,58 +512,4 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
 
 
-# ---------------------------------------------------------------- the Serve deployment
-@serve.deployment(name=RUNNER, num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=16)
-class JobRunner:
-    """A `JobWorker` over the stage handles, started with the replica and restarted with it. Several replicas may
-    run side by side: the store's leases keep them from running one item twice."""
-
-    def __init__(self, **stages: Any) -> None:
-        from service.replicas import stage_call
-        from service.telemetry import Telemetry
-        env = settings()
-        self.stages = {Stage(name): handle for name, handle in stages.items() if handle is not None}
-        self.config = RunnerConfig()
-        self.worker = JobWorker(open_job_store(env.resolved_jobs_uri), Storage(env.resolved_storage_uri),
-                                UrlSigner(env.url_signing_key(), env.url_ttl_s),
-                                lambda job: stage_call(self.stages, job), self.config,
-                                gated=Stage.QUALITY_GATE in self.stages,
-                                telemetry=Telemetry(env.resolved_usage_uri,
-                                                    journal_dir=env.resolved_usage_journal_dir),
-                                ledger=Ledger(open_database(env.resolved_database_url)))
-        self._task: asyncio.Task | None = None
-
-    async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
-        self.config = runner_config(user_config)
-        self.worker.config = self.config
-        self.worker.telemetry.flush_interval_s = self.config.usage_flush_interval_s
-        self._start()
-
-    def _start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self.worker.run_forever())
-
-    async def wake(self) -> None:
-        self._start()
-        self.worker.wake()
-
-    async def stats(self) -> dict[str, Any]:
-        from service.replicas import replica_location
-        s = self.worker.stats
-        return {"owner": self.worker.owner, "node_id": replica_location()["node_id"], "claimed": s.claimed,
-                "completed": s.completed, "failed": s.failed,
-                "released": s.released, "abandoned": s.abandoned, "jobs_finished": s.jobs_finished,
-                "deliveries": s.deliveries, "inflight": len(self.worker.inflight)}
-
-    async def check_health(self) -> None:
-        self._start()
-        if self._task is not None and self._task.done() and self._task.exception() is not None:
-            raise RuntimeError(f"job loop ended: {self._task.exception()!r}")
-
-    def __del__(self) -> None:
-        telemetry = getattr(getattr(self, "worker", None), "telemetry", None)
-        if telemetry is not None:
-            telemetry.close()
-
-
-__all__ = ["JobRunner", "JobWorker", "emit", "upload_key"]
+__all__ = ["JobWorker", "emit", "upload_key"]

@@ -61,7 +61,7 @@ def cluster(postgres, s3_server):
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    from service.graph import build_app
+    from graph import build_app
     bucket = s3_server.new_bucket()
     database = postgres.new_database()
     roots = [Path(tempfile.mkdtemp(prefix=f"node{i}-")) for i in (1, 2)]

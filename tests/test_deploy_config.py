@@ -39,8 +39,8 @@ def test_every_pod_gives_the_proxy_the_body_caps_of_the_config():
 
 def test_every_stage_is_configured_with_its_own_scaling_and_gpu_share():
     from avatar.flow.names import Stage
-    from service.ingress import AvatarIngress
-    from service.runner import JobRunner
+    from deployments.ingress import AvatarIngress
+    from deployments.job_runner import JobRunner
     app = app_config(load_config())
     configured = {d["name"]: d for d in app["deployments"]}
     assert set(configured) == {s.deployment for s in Stage} | {AvatarIngress.name, JobRunner.name}
@@ -84,9 +84,43 @@ def test_every_stage_queue_is_bounded():
 
 
 def test_graph_binds_the_ingress_over_all_stages():
-    from service.graph import build_app
+    from graph import build_app
     app = build_app({"StyleApply": {"user_config": {"engine": {"name": "cpu"}}}})
     assert app is not None
+
+
+def _built(options: dict | None = None) -> dict:
+    """The app's deployments by name, as Serve would deploy them (no cluster needed)."""
+    from ray.serve._private.build_app import build_app as built
+
+    from graph import build_app
+    return {d.name: d for d in built(build_app(options), name="avatar").deployments}
+
+
+GPU_STAGES = ("FaceDetect", "StyleApply", "BgGenerate", "DetailEnhance", "QualityGate")
+
+
+def test_each_stage_declares_its_resources_and_scaling_in_code():
+    """Without serve_config.yaml, each stage deployment still has its own GPU share (the production shape), a bounded
+    queue and autoscaling: the file tunes them, the code is not a generic placeholder."""
+    from avatar.flow.names import Stage
+    deployments = _built()
+    for stage in Stage:
+        dep = deployments[stage.deployment]
+        scaling = dep._deployment_config.autoscaling_config
+        assert dep.ray_actor_options["num_cpus"] > 0 and 0 < dep.max_queued_requests <= 64, stage
+        assert scaling is not None and 1 <= scaling.min_replicas <= scaling.max_replicas, stage
+        assert (0 < dep.ray_actor_options.get("num_gpus", 0) < 1) == (stage.deployment in GPU_STAGES), stage
+    assert sum(d.ray_actor_options.get("num_gpus", 0) for d in deployments.values()) <= 1.0
+
+
+def test_the_config_overrides_the_code():
+    config = apply_cpu_profile(load_config(), 0.1, node_cpus=2)
+    deployments = _built(deployment_options(app_config(config), {"FaceDetect": {"work_size": 384}}))
+    for name in GPU_STAGES:
+        assert deployments[name].ray_actor_options == {"num_cpus": 0.1, "num_gpus": 0}, name
+        assert deployments[name]._deployment_config.autoscaling_config.max_replicas == 1, name
+    assert deployments["FaceDetect"].user_config == {"work_size": 384, "min_face_coverage": 0.15, "models": {}}
 
 
 def test_the_shipped_config_validates():
@@ -131,7 +165,7 @@ def test_an_unknown_deployment_name_is_refused():
 def test_a_replica_refuses_an_invalid_user_config_at_start_up():
     """`serve deploy` bypasses the launcher: the replica itself fails its start naming the field."""
     from avatar.flow.assembly import ConfigError
-    from service.replicas import StyleApply
+    from deployments.style_apply import StyleApply
     with pytest.raises(ConfigError, match=r"StyleApply\.user_config\.batch\.max_batch_size"):
         StyleApply.func_or_class().reconfigure({"batch": {"max_batch_size": 0}})
 

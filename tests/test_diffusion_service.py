@@ -89,7 +89,8 @@ def local_batching():
     """Forgets the `@serve.batch` queues after a local-testing-mode test. Local mode creates them in this process, and
     `Deployment.options()` pickles the class by value, queue included (an asyncio Future cannot be pickled): without
     this, later `.options()` calls in the same process would fail."""
-    from service.replicas import BgGenerate, StyleApply
+    from deployments.bg_generate import BgGenerate
+    from deployments.style_apply import StyleApply
     yield
     for deployment in (StyleApply, BgGenerate):
         deployment.func_or_class.run_batched.set_max_batch_size.__self__._queue = None
@@ -117,7 +118,8 @@ def _run_local(monkeypatch, deployment, config: dict, engine_method: str):
 # -------------------------------------------------------------------- batching (in-process Serve testing mode)
 
 def test_batch_settings_from_user_config():
-    from avatar.flow.assembly import BatchConfig, StyleApplyConfig
+    from avatar.stages import BatchConfig
+    from avatar.stages.style_apply import StyleApplyConfig
     assert (StyleApplyConfig().batch.max_batch_size, StyleApplyConfig().batch.wait_timeout_s) == (4, 0.02)
     batch = StyleApplyConfig.model_validate({"batch": {"max_batch_size": 8, "wait_timeout_s": 0.1}}).batch
     assert (batch.max_batch_size, batch.wait_timeout_s) == (8, 0.1)
@@ -127,7 +129,7 @@ def test_batch_settings_from_user_config():
 
 
 def test_changing_only_batch_settings_keeps_the_loaded_engine():
-    from service.replicas import StyleApply
+    from deployments.style_apply import StyleApply
     replica = StyleApply.func_or_class()
     replica.reconfigure({"engine": {"name": "cpu"}})
     stage = replica.stage
@@ -143,8 +145,8 @@ def test_changing_only_batch_settings_keeps_the_loaded_engine():
 
 def test_cpu_engine_keeps_one_job_at_a_time(monkeypatch, local_batching, face_crop):
 
-    from avatar.flow.stages import StyleApplyStage
-    from service.replicas import StyleApply
+    from avatar.stages.style_apply import StyleApplyStage
+    from deployments.style_apply import StyleApply
     batched = []
     monkeypatch.setattr(StyleApplyStage, "run_batch", lambda self, jobs, attempts=None: batched.append(jobs) or jobs)
     handle = _run_local(monkeypatch, StyleApply, {"engine": {"name": "cpu"}}, "apply")
@@ -156,7 +158,7 @@ def test_cpu_engine_keeps_one_job_at_a_time(monkeypatch, local_batching, face_cr
 def test_concurrent_style_requests_share_one_engine_call(monkeypatch, local_batching, recipes_yaml, face_crop):
 
     from avatar.engines.diffusion.engine import DiffusionStyleEngine
-    from service.replicas import StyleApply
+    from deployments.style_apply import StyleApply
     sizes = _spy(monkeypatch, DiffusionStyleEngine, "apply_batch")
     config = {"engine": engine(recipes_yaml), "batch": {"max_batch_size": 5, "wait_timeout_s": 0.5}}
     handle = _run_local(monkeypatch, StyleApply, config, "apply_batch")
@@ -180,7 +182,7 @@ def test_concurrent_background_requests_share_one_engine_call(monkeypatch, local
 
     from avatar.engines.diffusion.engine import DiffusionBackgroundEngine
     from avatar.vision.imageio import Pixels
-    from service.replicas import BgGenerate
+    from deployments.bg_generate import BgGenerate
     sizes = _spy(monkeypatch, DiffusionBackgroundEngine, "render_batch")
     config = {"engine": engine(recipe_book(base_model)), "batch": {"max_batch_size": 2, "wait_timeout_s": 0.5}}
     handle = _run_local(monkeypatch, BgGenerate, config, "render_batch")
@@ -287,7 +289,7 @@ def test_missing_model_fails_start_up_with_the_reason_then_redeploys(service, ba
     from ray import serve
     from ray.serve.schema import ApplicationStatus, DeploymentStatus
 
-    from service.replicas import StyleApply
+    from deployments.style_apply import StyleApply
     missing = tmp_path / "no-such-model"
     options = dict(ray_actor_options={"num_cpus": 0.1, "num_gpus": 0}, max_constructor_retry_count=1)
     broken = StyleApply.options(user_config={"engine": engine(recipe_book(missing))}, **options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from avatar.job import AvatarJob
-from avatar.flow.stages import StyleApplyStage
+from avatar.stages.style_apply import StyleApplyStage
 from avatar.engines import registry
 from avatar.engines.registry import create_style_engine
 from avatar.types import StyleSpec

@@ -97,7 +97,7 @@ def test_a_slow_url_does_not_pin_the_load_photo_replica(dripping_server, tmp_pat
     """The replica decodes one job at a time; a URL job waiting on its fetch must not hold that turn."""
     monkeypatch.setenv("AVATAR_DATA_DIR", str(tmp_path))
     from avatar.job import AvatarJob, PhotoInput
-    from service.replicas import LoadPhoto
+    from deployments.load_photo import LoadPhoto
     replica = LoadPhoto.func_or_class()
     replica.reconfigure({"fetch_timeout_s": 3, "fetch_allow_private": True, "input_cache": False})
 

@@ -14,7 +14,8 @@ from PIL import Image
 from avatar.errors import TooManyRequests, Unauthorized
 from avatar.flow import orchestrator
 from avatar.flow.names import Stage
-from avatar.flow.stages import FaceDetectStage, LoadPhotoStage
+from avatar.stages.face_detect import FaceDetectStage
+from avatar.stages.load_photo import LoadPhotoStage
 from avatar.job import AvatarJob, PhotoInput
 from avatar.store.input_cache import InputCache, InputQuota
 from avatar.store.storage import Storage

@@ -1,8 +1,12 @@
 """The repository's layering, read from the source with `ast`: imports at module level and inside functions alike.
 
-- no import cycle between the project's modules (a function-level import that only dodges a cycle is still one);
-- `avatar/` is the pure core: it never imports Ray, HTTP frameworks, `service` or `training`;
-- `training/` never imports `service`.
+- no import cycle between the project's modules (a function-level import that only dodges a cycle is still one, and
+  so is one through an import under `if TYPE_CHECKING:`);
+- `avatar/` is the pure core: it never imports Ray, HTTP frameworks, `service`, `deployments`, `graph` or `training`;
+- `training/` and `batch/` never import the Serve shell (`service`, `deployments`, `graph`);
+- `service/` is the HTTP layer: it never imports `deployments` (it holds handles to them, nothing more);
+- Serve deployments (`@serve.deployment`, `@serve.ingress`) are declared only under `deployments/`;
+- `graph.py` only wires: the project modules it imports are deployments and the stage names (`avatar.flow.names`).
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("avatar", "service", "training")
-TOP_MODULES = ("cli",)
-CORE_FORBIDDEN = ("ray", "service", "training", "fastapi", "starlette")
+PACKAGES = ("avatar", "batch", "deployments", "service", "training")
+TOP_MODULES = ("cli", "graph")
+CORE_FORBIDDEN = ("ray", "service", "training", "fastapi", "starlette", "deployments", "graph")
+SHELL = ("service", "deployments", "graph")
+GRAPH_MAY_IMPORT = ("deployments", "avatar.flow.names")
+SERVE_DECLARATIONS = ("deployment", "ingress")   # `serve.<name>` that declares a deployment
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,7 @@ class Import:
     source: str      # importing module
     target: str      # imported module, resolved to the deepest module of the project (or the name as written)
     line: int
+    type_only: bool = False   # under `if TYPE_CHECKING:`: never runs, but still ties the two modules together
 
 
 def discover(root: Path) -> dict[str, Path]:
@@ -55,28 +63,30 @@ def _is_type_checking(node: ast.If) -> bool:
         (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
-    """Every import statement, at any depth, except those under `if TYPE_CHECKING:` (they never run)."""
-    found: list[ast.Import | ast.ImportFrom] = []
+def _import_nodes(tree: ast.AST) -> list[tuple[ast.Import | ast.ImportFrom, bool]]:
+    """Every import statement at any depth, each with whether it sits under `if TYPE_CHECKING:` (never runs)."""
+    found: list[tuple[ast.Import | ast.ImportFrom, bool]] = []
 
-    def visit(node: ast.AST) -> None:
+    def visit(node: ast.AST, type_only: bool) -> None:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            found.append(node)
+            found.append((node, type_only))
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.If) and _is_type_checking(child):
+                for body in child.body:
+                    visit(body, True)
                 for orelse in child.orelse:
-                    visit(orelse)
+                    visit(orelse, type_only)
                 continue
-            visit(child)
+            visit(child, type_only)
 
-    visit(tree)
+    visit(tree, False)
     return found
 
 
 def imports_of(module: str, path: Path, modules: dict[str, Path]) -> list[Import]:
     is_package = path.name == "__init__.py"
     found: list[Import] = []
-    for node in _import_nodes(ast.parse(path.read_text(), filename=str(path))):
+    for node, type_only in _import_nodes(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         else:
@@ -86,7 +96,7 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> list[Import
                 base = ".".join([*anchor, base] if base else anchor)
             # `from pkg import name`: the submodule pkg.name when there is one, else pkg itself
             names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
-        found.extend(Import(module, _resolve(name, modules), node.lineno) for name in names)
+        found.extend(Import(module, _resolve(name, modules), node.lineno, type_only) for name in names)
     return found
 
 
@@ -124,14 +134,45 @@ def _top(name: str) -> str:
     return name.split(".")[0]
 
 
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
 def forbidden(every: list[Import]) -> list[str]:
+    """Imports that break a layer's rule (type-only imports never run and are not counted here)."""
     bad = []
     for imp in every:
-        if _top(imp.source) == "avatar" and _top(imp.target) in CORE_FORBIDDEN:
-            bad.append(f"{imp.source}:{imp.line} imports {imp.target}")
-        if _top(imp.source) == "training" and _top(imp.target) == "service":
+        source, target = _top(imp.source), _top(imp.target)
+        if imp.type_only:
+            continue
+        if ((source == "avatar" and target in CORE_FORBIDDEN)
+                or (source in ("training", "batch") and target in SHELL)
+                or (source == "service" and target == "deployments")):
             bad.append(f"{imp.source}:{imp.line} imports {imp.target}")
     return bad
+
+
+def graph_imports(every: list[Import], modules: dict[str, Path]) -> list[str]:
+    """The project modules `graph` imports beyond deployments and the stage names."""
+    return [f"graph:{imp.line} imports {imp.target}" for imp in every
+            if imp.source == "graph" and imp.target in modules and not _within(imp.target, GRAPH_MAY_IMPORT)]
+
+
+def serve_declarations(root: Path) -> list[str]:
+    """Where a Serve deployment is declared (`serve.deployment`, `serve.ingress`, or those names imported from
+    `ray.serve`) outside `deployments/`."""
+    found = []
+    for module, path in discover(root).items():
+        if _top(module) == "deployments":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if (isinstance(node, ast.Attribute) and node.attr in SERVE_DECLARATIONS
+                    and isinstance(node.value, ast.Name) and node.value.id == "serve"):
+                found.append(f"{module}:{node.lineno} uses serve.{node.attr}")
+            elif isinstance(node, ast.ImportFrom) and node.module == "ray.serve":
+                found.extend(f"{module}:{node.lineno} imports ray.serve.{a.name}" for a in node.names
+                             if a.name in SERVE_DECLARATIONS)
+    return found
 
 
 # ---------------------------------------------------------------- the repository
@@ -147,6 +188,19 @@ def test_core_and_training_layers() -> None:
     _, every = import_graph(ROOT)
     bad = forbidden(every)
     assert not bad, "layering violations:\n" + "\n".join(bad)
+
+
+def test_deployments_are_declared_only_under_deployments() -> None:
+    assert "deployments.ingress" in discover(ROOT) and "graph" in discover(ROOT)
+    bad = serve_declarations(ROOT)
+    assert not bad, "Serve deployments outside deployments/:\n" + "\n".join(bad)
+
+
+def test_graph_only_wires_deployments() -> None:
+    _, every = import_graph(ROOT)
+    assert any(imp.source == "graph" and _top(imp.target) == "deployments" for imp in every)
+    bad = graph_imports(every, discover(ROOT))
+    assert not bad, "graph.py imports more than deployments and the stage names:\n" + "\n".join(bad)
 
 
 # ---------------------------------------------------------------- the checker itself, on a made-up tree
@@ -199,6 +253,54 @@ def test_checker_flags_forbidden_imports_and_ignores_type_checking(tmp_path: Pat
     _, every = import_graph(root)
     assert sorted(forbidden(every)) == ["avatar.core:6 imports starlette.responses",
                                         "training.job:1 imports service.auth"]
+
+
+def test_checker_sees_a_cycle_through_a_type_only_import(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {
+        "avatar/store/database.py": "from avatar.store.migrations import apply\n",
+        "avatar/store/migrations.py": """
+            from typing import TYPE_CHECKING
+            if TYPE_CHECKING:
+                from avatar.store.database import Database
+            def apply(db: "Database") -> None: ...
+            """,
+    })
+    graph, every = import_graph(root)
+    assert [sorted(set(c)) for c in cycles(graph)] == [["avatar.store.database", "avatar.store.migrations"]]
+    assert forbidden(every) == []
+
+
+def test_checker_flags_the_shell_rules(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {
+        "avatar/flow/names.py": "",
+        "avatar/core.py": "import deployments.stage\nfrom graph import build_app\n",
+        "batch/run.py": "from service.launcher import deploy\n",
+        "service/launcher.py": "def later():\n    from deployments.stage import Replica\n",
+        "deployments/stage.py": "import service.launcher\n",
+        "graph.py": "from avatar.flow.names import Stage\nfrom deployments.stage import Replica\n"
+                    "import service.launcher\nimport ray.serve\n",
+    })
+    _, every = import_graph(root)
+    assert sorted(forbidden(every)) == ["avatar.core:1 imports deployments.stage", "avatar.core:2 imports graph",
+                                        "batch.run:1 imports service.launcher",
+                                        "service.launcher:2 imports deployments.stage"]
+    assert graph_imports(every, discover(root)) == ["graph:3 imports service.launcher"]
+
+
+def test_checker_finds_deployments_declared_outside_deployments(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {
+        "service/shell.py": """
+            from ray import serve
+            from ray.serve import deployment, get_replica_context
+            @serve.deployment(num_replicas=1)
+            class Shell: ...
+            Front = serve.ingress(object)(Shell)
+            """,
+        "deployments/stage.py": "from ray import serve\n@serve.deployment\nclass Stage: ...\n",
+    })
+    assert sorted(serve_declarations(root)) == ["service.shell:3 imports ray.serve.deployment",
+                                                "service.shell:4 uses serve.deployment",
+                                                "service.shell:6 uses serve.ingress"]
 
 
 def test_job_records_are_a_leaf_of_training() -> None:

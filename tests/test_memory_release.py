@@ -19,7 +19,7 @@ PROBE = textwrap.dedent("""
     import numpy as np
     from PIL import Image
     from avatar.job import AvatarJob, PhotoInput
-    from service.replicas import LoadPhoto
+    from deployments.load_photo import LoadPhoto
     replica = LoadPhoto.func_or_class()
     replica.reconfigure({"input_cache": False})
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from avatar.flow.names import RENDER_STAGES
-
 if TYPE_CHECKING:
     from avatar.gate import GateResult, RetryPlan
     from avatar.job import AvatarJob
@@ -69,6 +67,7 @@ class Outcome:
 
     chosen: Verdict
     verdicts: list[Verdict]
+    per_attempt: tuple[str, ...]    # the stages every attempt ran (`avatar.flow.names.RENDER_STAGES`)
 
     def apply(self, job: "AvatarJob") -> None:
         """Gate result, attempts, billing and warnings onto the delivered job: billable only when every check
@@ -76,7 +75,7 @@ class Outcome:
         gate = self.chosen.gate
         job.gate, job.likeness_score = gate, float(gate.likeness)
         job.attempt, job.history = len(self.verdicts), [v.summary() for v in self.verdicts]
-        job.timings = total_timings(self.verdicts, job.timings)
+        job.timings = total_timings(self.verdicts, job.timings, self.per_attempt)
         job.billable = bool(gate.passed)
         for w in gate.warnings:
             job.warn(w.code, w.message)
@@ -85,11 +84,12 @@ class Outcome:
                                             "the best output is returned and not billed")
 
 
-def total_timings(verdicts: list[Verdict], current: dict[str, float]) -> dict[str, float]:
-    """Stage times of the whole request: the shared stages once, the rendering stages summed over attempts."""
-    total = {k: v for k, v in current.items() if k not in RENDER_STAGES}
+def total_timings(verdicts: list[Verdict], current: dict[str, float], per_attempt: tuple[str, ...]
+                  ) -> dict[str, float]:
+    """Stage times of the whole request: the shared stages once, the `per_attempt` stages summed over attempts."""
+    total = {k: v for k, v in current.items() if k not in per_attempt}
     for verdict in verdicts:
-        for stage in RENDER_STAGES:
+        for stage in per_attempt:
             if stage in verdict.timings:
                 total[stage] = round(total.get(stage, 0.0) + verdict.timings[stage], 2)
     return total

@@ -11,8 +11,8 @@ from avatar.contracts import GenerateRequest
 from avatar.flow import orchestrator
 from avatar.flow.assembly import STAGES, build_stage
 from avatar.flow.names import Stage
-from avatar.flow.stages import close_stage
 from avatar.job import AvatarJob, PhotoInput
+from avatar.stages import close_stage
 
 
 @dataclass

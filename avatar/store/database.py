@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from avatar.store.migrations import apply as apply_migrations
+
 SQLITE, POSTGRES = "sqlite", "postgresql"
 _PG_SCHEMES = ("postgresql", "postgres")
 _MIGRATION_LOCK = 0x61766174   # pg_advisory_xact_lock key of schema migrations ("avat")
@@ -92,8 +94,7 @@ class Database:
         return self.dialect != SQLITE
 
     def migrate(self) -> list[int]:
-        from avatar.store.migrations import apply
-        return apply(self)
+        return apply_migrations(self)
 
 
 class SqliteDatabase(Database):

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from avatar.store.database import Database
+
+class Transactional(Protocol):
+    """What migrating needs of a `avatar.store.database.Database` (declared here: that module imports this one)."""
+
+    def transaction(self, write: bool = True) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class SchemaTooNew(RuntimeError):
     """The database was migrated by a newer release than this one."""
 
 
-def apply(db: "Database", migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
+def apply(db: Transactional, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
     """Apply the missing steps in one transaction under the migration lock; returns the versions applied.
 
     Replicas that start together wait for each other on the lock and the later ones find nothing left to do."""
@@ -128,7 +131,7 @@ def apply(db: "Database", migrations: tuple[Migration, ...] = MIGRATIONS) -> lis
         return applied
 
 
-def current_version(db: "Database") -> int:
+def current_version(db: Transactional) -> int:
     try:
         with db.transaction(write=False) as tx:
             row = tx.execute("SELECT MAX(version) FROM schema_migrations").fetchone()

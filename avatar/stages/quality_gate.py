@@ -1,0 +1,58 @@
+"""QualityGate: face present, likeness, content safety and old background of one attempt; answers a `Verdict`."""
+
+from __future__ import annotations
+
+from avatar.contracts import TRANSPARENT
+from avatar.flow.attempts import Attempt, Verdict
+from avatar.gate import GateConfig
+from avatar.job import AvatarJob
+from avatar.stages import ModelSources, Role, StageDefinition, timed
+from avatar.vision.matting import alpha_at, over_grey
+
+NAME = "quality_gate"
+
+
+class QualityGateConfig(ModelSources):
+    gate: GateConfig = GateConfig()
+
+
+class QualityGateStage:
+    """Face presence, likeness against the input face, content safety: decides retries and billing.
+
+    Answers a small `Verdict`, not the job: the orchestrator decides on it while the rendered job stays where it is.
+    """
+
+    name = NAME
+
+    def __init__(self, gate) -> None:
+        self.gate = gate
+
+    def run(self, job: AvatarJob) -> Verdict:
+        from avatar.gate import BackgroundRef, IdentityRef, plan_retry
+        with timed(job, self.name):
+            aligned = job.aligned.array()
+            ref = IdentityRef(job.identity_ref, aligned=aligned)
+            output, alpha = job.output.array(), job.mask.mask() if job.mask is not None else None
+            if job.background == TRANSPARENT and alpha is not None:   # checked as seen: on a neutral backdrop
+                output = over_grey(output, alpha_at(alpha, output.shape[0]))
+            background = BackgroundRef(aligned, alpha, job.landmarks) if alpha is not None else None
+            result = self.gate.evaluate(output, job.output_face_box(), ref, job.platform, job.style, background)
+            retry = plan_retry(job.attempt, job.intensity, result, self.gate.config)
+        attempt = Attempt(job.attempt, job.intensity, job.background, job.palette, job.matte_level)
+        return Verdict(attempt, result, retry, dict(job.timings))
+
+
+def quality_gate_stage(cfg: QualityGateConfig):
+    from avatar.gate import QualityGate
+    from avatar.vision.face.analyzer import FaceAnalyzer
+    from avatar.vision.identity import IdentityModel
+    from avatar.vision.safety import SafetyClassifier
+    gate = QualityGate(IdentityModel.load(cfg.models.get("identity_encoder"), cfg.models.get("identity_shape")),
+                       SafetyClassifier.load(cfg.models.get("safety_classifier")),
+                       FaceAnalyzer.load(cfg.models.get("face_detector"), cfg.models.get("face_landmarks"),
+                                         tiled=False),   # one large face, where expected: tiles add only noise
+                       cfg.gate)
+    return QualityGateStage(gate)
+
+
+STAGE = StageDefinition(NAME, Role.GATE, QualityGateConfig, quality_gate_stage)
