@@ -12,7 +12,7 @@ export RAY_AUTH_MODE ?= token
 # uv on PATH, else the uv module (installed on first use with pip).
 UV      := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
-.PHONY: install models run test bench clean
+.PHONY: install models run test test-fast bench clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install -q uv
@@ -28,8 +28,14 @@ models: install
 run: models
 	$(PY) -m cli serve --host $(HOST) --port $(PORT)
 
+# Everything (what CI runs), with the 20 slowest tests at the end.
 test: models
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra --durations=20 tests
+
+# The inner loop: the tests that start no Ray (markers set from the fixtures in tests/conftest.py); one that starts
+# Ray anyway fails here instead of slowing the tier down.
+test-fast: models
+	AVATAR_TESTS_WITHOUT_RAY=1 $(PY) -m pytest -q -ra --durations=10 -m "not ray and not slow" tests
 
 bench: models
 	$(PY) bench/latency.py $(BENCH_ARGS)

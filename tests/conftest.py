@@ -44,22 +44,86 @@ def aligned_astronaut(astronaut, astronaut_face):
     return align_face(astronaut, astronaut_face, Framing(), 512)
 
 
-@pytest.fixture(scope="module")
+# ------------------------------------------------------------------------------------------ the session's Ray
+@pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray per test module that needs one (training jobs), sized for a 2-core CI machine."""
-    import os
-    import shutil
-    import tempfile
-
+    """One local Ray for the whole session, shared by the training, Ray Data and Serve modules (tests/servers.py:
+    RAY_ENV is its environment, AVATAR_DATA_DIR a fresh directory). Started on first use; the modules that use it run
+    after every other module (see `pytest_collection_modifyitems`)."""
     import ray
 
-    from service.launcher import init_local_ray
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    init_local_ray(num_cpus=2, temp_dir=temp, object_store_mb=256)
+    from servers import start_local_ray
+    local = start_local_ray()
     yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+    local.stop()
+
+
+@pytest.fixture(scope="session")
+def serve_app(ray_session):
+    """The whole app deployed once on the session's Ray with serve_config.yaml's user_configs; a module changes them
+    with `serve_app.configured(overrides)` (a reconfigure of the running replicas) and gets them back after it."""
+    import os
+    from pathlib import Path
+
+    from servers import start_serve_app
+    yield start_serve_app(Path(os.environ["AVATAR_DATA_DIR"]))
+
+
+# The order of the modules on the shared app: test_service reads pass rates counted since the ingress replica started,
+# test_styles_service the tokens StyleApply loaded since it started, so both come before the modules that send
+# diffusion-engine results or other tokens through the same replicas.
+SERVE_ORDER = ("test_service", "test_styles_service", "test_jobs_service", "test_hardening_service",
+               "test_diffusion_service")
+
+
+def _ray_group(item: pytest.Item) -> int:
+    """0: no Ray; 1: a Ray of its own (must start before the session's); 2: the session's Ray; 3: its Serve app."""
+    names = set(item.fixturenames)
+    if "serve_app" in names:
+        return 3
+    if "ray_session" in names:
+        return 2
+    return 1 if item.get_closest_marker("own_ray") else 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test by what it starts (`ray`, `serve`: `make test-fast` deselects them) and run the modules in
+    that order: no Ray; the two-node cluster (its own Ray, before the session's starts); the session's Ray; its Serve
+    app. Each module stays whole, so module fixtures are set up once."""
+    groups = {item: _ray_group(item) for item in items}
+    module_group: dict[str, int] = {}
+    for item, group in groups.items():
+        if group:
+            item.add_marker(pytest.mark.ray)
+        if group == 3:
+            item.add_marker(pytest.mark.serve)
+        module_group[item.module.__name__] = max(group, module_group.get(item.module.__name__, 0))
+
+    def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int]:
+        index, item = pair
+        name = item.module.__name__
+        rank = SERVE_ORDER.index(name) if name in SERVE_ORDER else len(SERVE_ORDER)
+        return module_group[name], rank if module_group[name] == 3 else 0, index
+    items[:] = [item for _, item in sorted(enumerate(items), key=key)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_ray_in_the_fast_tier(request):
+    """`make test-fast` (AVATAR_TESTS_WITHOUT_RAY=1) runs the tests marked neither `ray` nor `slow`: one that starts a
+    Ray anyway fails at once, naming the fixture it should use, instead of slowly passing in the wrong tier."""
+    import os
+    if not os.environ.get("AVATAR_TESTS_WITHOUT_RAY"):
+        yield
+        return
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("this test starts Ray: use the `ray_session` or `serve_app` fixture so that it is marked "
+                           "`ray` and left out of `make test-fast`")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(ray, "init", refuse)
+    yield
+    patch.undo()
 
 
 # ------------------------------------------------------------------------------------------ shared-state servers

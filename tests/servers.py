@@ -1,5 +1,6 @@
-"""Real servers for the shared-state tests, started on loopback by the tests themselves: PostgreSQL (the Debian
-`postgresql` package: `initdb` + `pg_ctl` into a temporary directory) and an S3-compatible server (moto's server mode).
+"""Real servers started on loopback by the tests themselves: PostgreSQL (the Debian `postgresql` package: `initdb` +
+`pg_ctl` into a temporary directory), an S3-compatible server (moto's server mode), and the session's local Ray with
+the whole Serve app deployed once.
 
 `.ci/run` installs PostgreSQL where it is missing; elsewhere a machine without it skips the PostgreSQL half of the
 suites (CI fails instead, so a green CI always means both backends ran).
@@ -15,8 +16,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,3 +144,149 @@ def start_s3() -> S3Server:
         except OSError:
             time.sleep(0.05)
     return S3Server(server, f"{host}:{port}")
+
+
+# ------------------------------------------------------------------------------ the session's local Ray and Serve app
+# The environment of the session's Ray processes. Replicas and Serve's proxy read these once, at start-up, so they are
+# set before Ray starts and hold for every module: the union of what the Serve, training and Ray Data modules need.
+RAY_ENV = {
+    "AVATAR_SIGNING_SECRET": "test-secret",
+    "AVATAR_OPERATOR_KEY": "operator-secret",
+    "AVATAR_WEBHOOK_ALLOW_PRIVATE": "true",        # test_jobs_service's webhook receiver listens on loopback
+    "AVATAR_PROXY_HEADER_TIMEOUT_S": "2",          # test_hardening_service's slow clients
+    "AVATAR_PROXY_BODY_IDLE_S": "2",
+    "AVATAR_PROXY_BODY_TIMEOUT_S": "8",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",    # Train's 2 s controller poll would cost ~2 s per report
+}
+APP_VERSION = "tests"   # one code version for every deploy of the session: a changed user_config is a reconfigure
+
+
+@dataclass
+class LocalRay:
+    """The session's one local Ray (RAY_NOTES: `address="local"`, a short temp dir, the session's own data dir)."""
+
+    temp: Path
+    data: Path
+    saved_env: dict[str, str]
+
+    def stop(self) -> None:
+        """Ends the node and everything on it (no serve.shutdown() first: its graceful replica stops only add time)."""
+        import ray
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(self.saved_env)
+        for path in (self.temp, self.data):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def start_local_ray() -> LocalRay:
+    """A local Ray for the session with RAY_ENV and a fresh AVATAR_DATA_DIR (AVATAR_* variables that earlier tests left
+    in the environment are cleared first: Ray's processes inherit the driver's environment)."""
+    import ray
+
+    from service.launcher import init_local_ray
+    if ray.is_initialized():
+        raise RuntimeError("a Ray is already initialised in this process: the session's local Ray must be the only one")
+    saved = dict(os.environ)
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))   # short: Unix socket paths must stay under 107 bytes
+    data = Path(tempfile.mkdtemp(prefix="avatar-data-"))
+    for key in [k for k in os.environ if k.startswith("AVATAR_")]:
+        del os.environ[key]
+    os.environ.update({**RAY_ENV, "AVATAR_DATA_DIR": str(data)})
+    try:
+        init_local_ray(num_cpus=2, temp_dir=str(temp))
+    except BaseException:
+        LocalRay(temp, data, saved).stop()
+        raise
+    return LocalRay(temp, data, saved)
+
+
+@dataclass
+class ServeApp:
+    """The whole app (serve_config.yaml, CPU profile) deployed once on the session's Ray. Modules change it through
+    `configured(overrides)`: the overrides go into user_configs, and because every deploy carries the same code
+    version Serve applies them by calling `reconfigure` on the running replicas (nothing restarts)."""
+
+    port: int
+    data: Path
+    overrides: dict[str, dict[str, Any]]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kwargs: Any):
+        import httpx
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), **kwargs)
+
+    def deploy(self, overrides: dict[str, dict[str, Any]]) -> None:
+        """`serve.run` of the app with `overrides` merged into serve_config.yaml's user_configs (as
+        `service.launcher.deploy` does); returns once the application is RUNNING again."""
+        import ray
+        from ray import serve
+
+        from service.config import app_config, apply_cpu_profile, check_user_configs, deployment_options, load_config
+        from service.graph import build_app
+        config = apply_cpu_profile(load_config(), 0.1, ray.cluster_resources().get("CPU"))
+        options = deployment_options(app_config(config), overrides)
+        check_user_configs({"deployments": [{"name": n, "user_config": o.get("user_config")}
+                                            for n, o in options.items()]})
+        for opts in options.values():
+            opts.update(version=APP_VERSION, _internal=True)   # Serve's own way to pin a deployment's version
+        serve.run(build_app(options), name="avatar", route_prefix="/")
+        self.overrides = overrides
+
+    @contextmanager
+    def configured(self, overrides: dict[str, dict[str, Any]]) -> Iterator["ServeApp"]:
+        """The app with `overrides` for the duration of a module, then back to the session's defaults, healthy (a
+        module that killed replicas has its replacements running before the next module starts)."""
+        self.wait_healthy()
+        self.deploy(overrides)
+        try:
+            yield self
+        finally:
+            try:
+                self.wait_healthy()
+            finally:
+                self.deploy({})
+
+    def wait_healthy(self, timeout_s: float = 300) -> None:
+        """Every deployment HEALTHY with all its replicas RUNNING (serve.status), and the proxy answering."""
+        import httpx
+        from ray import serve
+        from ray.serve.schema import ApplicationStatus, DeploymentStatus, ReplicaState
+        deadline, why = time.monotonic() + timeout_s, "not checked"
+        while time.monotonic() < deadline:
+            app = serve.status().applications.get("avatar")
+            if app is None or app.status != ApplicationStatus.RUNNING:
+                why = f"application {app.status if app else 'missing'}"
+            else:
+                sick = {name: (d.status, dict(d.replica_states)) for name, d in app.deployments.items()
+                        if d.status != DeploymentStatus.HEALTHY
+                        or set(d.replica_states) - {ReplicaState.RUNNING}}
+                why = f"deployments not settled: {sick}"
+                if not sick:
+                    try:
+                        if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200:
+                            return
+                        why = "the proxy does not answer /healthz"
+                    except httpx.HTTPError as exc:
+                        why = f"the proxy does not answer /healthz: {exc!r}"
+            time.sleep(0.2)
+        raise AssertionError(f"the shared Serve app did not become healthy in {timeout_s:g} s: {why}")
+
+
+def start_serve_app(data: Path) -> ServeApp:
+    """Serve on a free loopback port (serve_config.yaml's http_options) and the app with no overrides."""
+    from ray import serve
+
+    from avatar.settings import settings
+    from service.config import load_config
+    from service.launcher import http_options
+    settings().check_shared_secrets()
+    port = free_port()
+    serve.start(http_options=http_options(load_config(), "127.0.0.1", port))
+    app = ServeApp(port, data, {})
+    app.deploy({})
+    app.wait_healthy()
+    return app

@@ -1,12 +1,10 @@
-"""`avatar batch` on a small folder through Ray Data on a local Ray: avatars named after the photos, a results
-Parquet file with the bad photos reported (not fatal), and a resumed run that skips what is already written."""
+"""`avatar batch` on a small folder through Ray Data on the session's local Ray: avatars named after the photos, a
+results Parquet file with the bad photos reported (not fatal), and a resumed run that skips what is already written."""
 
 from __future__ import annotations
 
 import io
 import json
-import shutil
-import tempfile
 
 import pytest
 from PIL import Image
@@ -31,19 +29,7 @@ def folder(tmp_path_factory, astronaut):
     return src
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from service.launcher import init_local_ray
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    init_local_ray(num_cpus=2, temp_dir=temp, object_store_mb=256)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
-
-
-def test_a_folder_through_ray_data_then_resumed(folder, local_ray, tmp_path):
+def test_a_folder_through_ray_data_then_resumed(folder, ray_session, tmp_path):
     from batch.directory import BatchOptions, read_results, run
     out = tmp_path / "out"
     options = BatchOptions(platform="linkedin", palette="neutral_grey", actors=2, cpus_per_actor=1, batch_size=2)

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import socket
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -205,41 +202,17 @@ def test_concurrent_background_requests_share_one_engine_call(monkeypatch, local
 
 # ------------------------------------------------------------------------------- the real app over HTTP (Ray)
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def service(base_model, recipes_yaml):
-    """A local Ray with the whole app, StyleApply and BgGenerate on the diffusion engine (tiny models, CPU)."""
-    import httpx
-    import ray
-    from ray import serve
-
-    from service.launcher import deploy, init_local_ray
-    saved = {k: os.environ.get(k) for k in ("AVATAR_DATA_DIR", "AVATAR_SIGNING_SECRET")}
-    os.environ["AVATAR_DATA_DIR"] = tempfile.mkdtemp(prefix="avatar-data-")
-    os.environ["AVATAR_SIGNING_SECRET"] = "test-secret"
-    init_local_ray(num_cpus=2, temp_dir=tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    port = _free_port()
+def service(serve_app, base_model, recipes_yaml):
+    """The session's app with StyleApply and BgGenerate on the diffusion engine (tiny models, CPU) and FaceDetect at
+    the tiny models' work size, for this module; the CPU engines are back after it."""
     batch = {"max_batch_size": 4, "wait_timeout_s": 0.01}
-    try:
-        deploy(profile="cpu", port=port, overrides={
+    with serve_app.configured({
             "FaceDetect": {"work_size": 128},
             "StyleApply": {"engine": engine(recipes_yaml), "batch": batch},
-            "BgGenerate": {"engine": engine(recipe_book(base_model)), "batch": batch}})
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            "BgGenerate": {"engine": engine(recipe_book(base_model)), "batch": batch}}):
+        with serve_app.client() as client:
             yield client
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _b64(image: np.ndarray) -> str:

@@ -1,5 +1,5 @@
-"""Hostile clients against the real stack (local Ray, Serve's proxy with the guard, the CPU graph), one app for the
-module: chunked uploads cut at the cap, slow clients kept away, fast 503s past capacity, JSON answers from a dying
+"""Hostile clients against the real stack (local Ray, Serve's proxy with the guard, the CPU graph: the session's
+app): chunked uploads cut at the cap, slow clients kept away, fast 503s past capacity, JSON answers from a dying
 ingress, usage rows that survive a SIGKILL of the ingress replica, and Ray's ports behind token authentication."""
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -27,43 +25,18 @@ from PIL import Image
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(900)]
 
 OPERATOR = {"authorization": "Bearer operator-secret"}
-ENV = {"AVATAR_SIGNING_SECRET": "test-secret", "AVATAR_OPERATOR_KEY": "operator-secret",
-       "AVATAR_PROXY_HEADER_TIMEOUT_S": "2", "AVATAR_PROXY_BODY_IDLE_S": "2", "AVATAR_PROXY_BODY_TIMEOUT_S": "8"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def stack():
-    import ray
-    from ray import serve
-
-    from service.launcher import deploy, init_local_ray
-    saved = {k: os.environ.get(k) for k in [*ENV, "AVATAR_DATA_DIR"]}
-    data = tempfile.mkdtemp(prefix="avatar-hard-")
-    os.environ.update({**ENV, "AVATAR_DATA_DIR": data})
-    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
-    init_local_ray(num_cpus=2, temp_dir=temp)
-    port = _free_port()
-    try:
-        deploy(profile="cpu", port=port, overrides={"AvatarIngress": {
+def stack(serve_app):
+    """The session's app (its proxy has the short header and body deadlines of tests/servers.py's RAY_ENV), with
+    usage rows kept buffered and a small admission limit for this module."""
+    with serve_app.configured({"AvatarIngress": {
             "usage_flush_interval_s": 3600,     # rows stay buffered: only the journal can save them from a SIGKILL
-            "admission": {"max_running": 2, "max_waiting": 2, "max_wait_s": 30, "per_account": 6}}})
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            client.port, client.data = port, Path(data)
+            "admission": {"max_running": 2, "max_waiting": 2, "max_wait_s": 30, "per_account": 6}}}):
+        with serve_app.client() as client:
+            client.port, client.data = serve_app.port, serve_app.data
             yield client
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
@@ -135,16 +108,20 @@ def test_a_batch_upload_past_the_normal_cap_reaches_the_app(stack):
 
 # ---------------------------------------------------------------- 2: slow clients do not hold the service
 def test_slow_clients_do_not_hold_the_service(stack, photo):
-    stop = threading.Event()
+    stop, connected = threading.Event(), threading.Semaphore(0)
 
     def slow(head: bytes, drip: bytes) -> None:
+        counted = False
         try:
             with socket.create_connection(("127.0.0.1", stack.port), timeout=30) as s:
                 s.sendall(head)
+                counted = True
+                connected.release()
                 while not stop.wait(0.5):
                     s.sendall(drip)
         except OSError:
-            pass
+            if not counted:   # never leave the test waiting for a client that could not connect
+                connected.release()
 
     body_head = b"POST /v1/avatar/generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n" \
                 b"content-length: 1000000\r\n\r\n{\"image\": \""
@@ -154,7 +131,8 @@ def test_slow_clients_do_not_hold_the_service(stack, photo):
     for t in slow_ones:
         t.start()
     try:
-        time.sleep(1.0)
+        for _ in slow_ones:   # every slow client holds a connection before the normal request
+            assert connected.acquire(timeout=30), "a slow client did not connect"
         started = time.monotonic()
         assert stack.get("/healthz").status_code == 200
         resp = _generate(stack, photo)
@@ -207,7 +185,7 @@ def _wait_ready(stack, timeout_s: float = 240) -> None:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(1)
+        time.sleep(0.2)
     raise AssertionError("the ingress did not come back")
 
 
@@ -218,6 +196,17 @@ def _usage_ids(stack) -> list[str]:
         return []
     return ds.dataset(str(root), format="parquet", partitioning="hive").to_table(columns=["request_id"]) \
         .column("request_id").to_pylist()
+
+
+def _wait_until_the_ingress_holds_a_request(timeout_s: float = 30) -> None:
+    """Serve's count of the requests the (single) ingress replica is handling reaches 1."""
+    import ray
+    [name] = [a for a in ray.util.list_named_actors(all_namespaces=True) if "AvatarIngress" in a["name"]]
+    replica = ray.get_actor(name["name"], namespace=name["namespace"])
+    deadline = time.monotonic() + timeout_s
+    while ray.get(replica.get_num_ongoing_requests.remote(), timeout=30) < 1:
+        assert time.monotonic() < deadline, "the request never reached the ingress replica"
+        time.sleep(0.02)
 
 
 def test_billing_rows_survive_a_sigkill_of_the_ingress(stack, photo):
@@ -235,7 +224,7 @@ def test_billing_rows_survive_a_sigkill_of_the_ingress(stack, photo):
     replicas = _processes("ServeReplica:avatar:AvatarIngress")
     assert len(replicas) == 1
     in_flight = ThreadPoolExecutor(1).submit(_generate, stack, photo)
-    time.sleep(0.3)
+    _wait_until_the_ingress_holds_a_request()
     os.kill(replicas[0].pid, signal.SIGKILL)
     answer = in_flight.result(timeout=120)
     # the request the dying replica held answers JSON with Retry-After, not a bare 500
@@ -250,7 +239,7 @@ def test_billing_rows_survive_a_sigkill_of_the_ingress(stack, photo):
         ids = _usage_ids(stack)
         if set(delivered) <= set(ids):
             break
-        time.sleep(1)
+        time.sleep(0.25)
     for request_id in delivered:
         assert ids.count(request_id) == 1, f"{request_id} is in the usage log {ids.count(request_id)} times"
     assert len(ids) == len(set(ids))
@@ -265,6 +254,9 @@ def test_ray_refuses_clients_without_the_token(stack):
     probe = "import ray; ray.init(address=%r, log_to_driver=False); print('CONNECTED')" % gcs
     for env in ({"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}):
         clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        # A refused driver retries its GCS connection for ~20 s (one try a second); 3 tries are plenty for a GCS that
+        # is up and answering: an accepted connection succeeds at the first.
+        clean["RAY_gcs_server_port_wait_time_s"] = "3"
         result = subprocess.run([sys.executable, "-c", probe], env={**clean, **env}, capture_output=True, text=True,
                                 timeout=120)
         assert "CONNECTED" not in result.stdout, env

@@ -1,4 +1,4 @@
-"""Jobs and batches on the real Serve graph (one local app for the module): an asynchronous generate goes through the
+"""Jobs and batches on the real Serve graph (the session's app): an asynchronous generate goes through the
 JobRunner deployment and the same stage replicas as a synchronous one, with a signed webhook; killing the runner's
 replica mid-batch and letting Serve replace it resumes the batch with nothing lost or doubled."""
 
@@ -6,13 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import shutil
-import socket
-import tempfile
 import time
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -21,42 +16,18 @@ from tests.webhook_receiver import Receiver
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(900)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def service():
-    import ray
-    from ray import serve
-
+def service(serve_app):
+    """The session's app with a short runner lease for this module, and an account "acme" whose key the client
+    sends."""
     from avatar.store.accounts import open_account_store
-    from service.launcher import deploy, init_local_ray
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    data = tempfile.mkdtemp(prefix="avatar-jobs-")
-    saved = dict(os.environ)
-    os.environ.update({"AVATAR_DATA_DIR": data, "AVATAR_SIGNING_SECRET": "test-secret",
-                       "AVATAR_WEBHOOK_ALLOW_PRIVATE": "true"})
-    _, key = open_account_store().create_account("acme")
-    init_local_ray(num_cpus=2, temp_dir=temp)
-    port = _free_port()
-    try:
-        deploy(profile="cpu", port=port, overrides={
+    _, key = open_account_store().create_account("acme")   # the app's database (the session's AVATAR_DATA_DIR)
+    with serve_app.configured({
             "AvatarIngress": {"usage_flush_interval_s": 0,   # the tests poll job status several times a second
                               "accounts": {"plans": {"standard": {"requests_per_minute": 6000, "burst": 1000}}}},
-            "JobRunner": {"lease_s": 4, "renew_every_s": 0.5, "poll_s": 0.2, "max_concurrency": 2}})
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
-                          headers={"Authorization": f"Bearer {key}"}) as client:
+            "JobRunner": {"lease_s": 4, "renew_every_s": 0.5, "poll_s": 0.2, "max_concurrency": 2}}):
+        with serve_app.client(headers={"Authorization": f"Bearer {key}"}) as client:
             yield client
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        os.environ.clear()
-        os.environ.update(saved)
-        shutil.rmtree(data, ignore_errors=True)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _b64(image) -> str:

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import socket
 import struct
-import tempfile
 import zlib
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,35 +14,15 @@ from PIL import Image
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(900)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def service():
-    """A local Ray with the app deployed from serve_config.yaml (CPU profile), torn down after the module."""
-    import ray
-    from ray import serve
-
-    from service.launcher import deploy, init_local_ray
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    data = tempfile.mkdtemp(prefix="avatar-data-")
-    os.environ["AVATAR_DATA_DIR"] = data
-    os.environ["AVATAR_SIGNING_SECRET"] = "test-secret"
-    os.environ["AVATAR_OPERATOR_KEY"] = "operator-secret"
-    init_local_ray(num_cpus=2, temp_dir=temp)
-    port = _free_port()
-    try:
-        deploy(profile="cpu", port=port, overrides={"AvatarIngress": {"usage_flush_interval_s": 0},
-                                                    "LoadPhoto": {"input_cache_anonymous": True}})
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            client.usage_dir = os.path.join(data, "usage")
+def service(serve_app):
+    """The session's app (serve_config.yaml, CPU profile) with usage rows flushed per request and anonymous input
+    caching on for this module."""
+    with serve_app.configured({"AvatarIngress": {"usage_flush_interval_s": 0},
+                               "LoadPhoto": {"input_cache_anonymous": True}}):
+        with serve_app.client() as client:
+            client.usage_dir = str(serve_app.data / "usage")
             yield client
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def _b64(image: np.ndarray, fmt: str = "JPEG") -> str:

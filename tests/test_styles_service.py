@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import httpx
 import pytest
 from PIL import Image
 
-from test_service import _b64, _free_port  # noqa: E402 - tests/ is on sys.path under pytest
+from test_service import _b64  # noqa: E402 - tests/ is on sys.path under pytest
 
 TRAINING = {"epochs": 2, "steps_per_epoch": 8, "num_workers": 1, "cpus_per_worker": 0.5, "max_failures": 0}
 
@@ -103,33 +101,17 @@ def test_cli_creates_an_account_and_lists_its_styles(tmp_path, monkeypatch, caps
 
 # ---------------------------------------------------------------- the service
 @pytest.fixture(scope="module")
-def styles_service():
-    """A local Ray with the app (CPU profile, fast training defaults) and two accounts A and B."""
-    import ray
-    from ray import serve
-
+def styles_service(serve_app):
+    """The session's app with fast training defaults for this module, and two accounts A and B."""
     from avatar.store.accounts import open_account_store
-    from service.launcher import deploy, init_local_ray
-    temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
-    data = tempfile.mkdtemp(prefix="avatar-styles-")
-    accounts_uri = f"sqlite:///{data}/accounts.sqlite3"
-    os.environ.update({"AVATAR_DATA_DIR": data, "AVATAR_SIGNING_SECRET": "test-secret",
-                       "AVATAR_ACCOUNTS_URI": accounts_uri, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"})
-    store = open_account_store(accounts_uri)
+    store = open_account_store()   # the app's database (the session's AVATAR_DATA_DIR)
     a, key_a = store.create_account("Platform A")
     b, key_b = store.create_account("Platform B")
-    init_local_ray(num_cpus=2, temp_dir=temp)
-    port = _free_port()
-    try:
-        deploy(profile="cpu", port=port, overrides={"AvatarIngress": {"styles": {"training": TRAINING}}})
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            yield SimpleNamespace(http=client, a=a, b=b, key_a=key_a, key_b=key_b, data=Path(data),
+    with serve_app.configured({"AvatarIngress": {"styles": {"training": TRAINING}}}):
+        with serve_app.client() as client:
+            yield SimpleNamespace(http=client, a=a, b=b, key_a=key_a, key_b=key_b, data=serve_app.data,
                                   auth_a={"authorization": f"Bearer {key_a}"},
                                   auth_b={"authorization": f"Bearer {key_b}"})
-    finally:
-        os.environ.pop("AVATAR_ACCOUNTS_URI", None)
-        serve.shutdown()
-        ray.shutdown()
 
 
 def _examples(count: int, seed: int = 0) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -156,7 +138,7 @@ def trained(styles_service):
         seen.append(status)
         if status["state"] not in ("queued", "running"):
             break
-        time.sleep(1.0)
+        time.sleep(1.0)   # account A's plan allows 2 requests a second
     assert status["state"] == "succeeded", status
     return SimpleNamespace(job_id=started["job_id"], token_id=started["token_id"], status=status, seen=seen)
 
