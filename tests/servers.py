@@ -226,7 +226,7 @@ class ServeApp:
         from ray import serve
 
         from service.config import app_config, apply_cpu_profile, check_user_configs, deployment_options, load_config
-        from service.graph import build_app
+        from graph import build_app
         config = apply_cpu_profile(load_config(), 0.1, ray.cluster_resources().get("CPU"))
         options = deployment_options(app_config(config), overrides)
         check_user_configs({"deployments": [{"name": n, "user_config": o.get("user_config")}
