@@ -162,7 +162,8 @@ class QualityGate:
         if ref.embedding is None:
             return 0.0
         emb = self.identity.embed(rgb, box)
-        return likeness_from_distance(None if emb is None else self.identity.distance(ref.embedding, emb))
+        curve = getattr(self.identity, "curve", None)   # each identity model has its own calibration
+        return likeness_from_distance(None if emb is None else self.identity.distance(ref.embedding, emb), curve)
 
     def _face(self, rgb: np.ndarray, box: Box, ref: IdentityRef, style: str, likeness: float) -> tuple[str, float]:
         """(how the face was confirmed, its score): detector first, then the stylised-output fallback."""
