@@ -3,9 +3,9 @@
 The whole image is resized with Lanczos. The face is what viewers look at, so when the output needs more face pixels
 than the crop has, only the face region goes through Real-ESRGAN (animevideov3 x4, ncnn on the CPU) at a small input
 size (96 px: half the time of 128 px, the same face sharpness by the eval's measure, mean pixel difference under
-0.3/255; README, Performance), and only its finest detail is blended back with a feathered mask. Then eyes, brows and lips get an unsharp mask, colour casts on the
-skin are gently corrected, and the per-style depth of field softens what lies away from the face. Each style's
-strengths are its catalogue entry's `enhance` (`avatar.catalog.styles`).
+0.3/255; README, Performance), and only its finest detail is blended back with a feathered mask. Then eyes, brows
+and lips get an unsharp mask, colour casts on the skin are gently corrected, and the per-style depth of field softens
+what lies away from the face. Each style's strengths are its catalogue entry's `enhance` (`avatar.catalog.styles`).
 """
 
 from __future__ import annotations
@@ -180,4 +180,7 @@ def depth_of_field(x: np.ndarray, lm: np.ndarray, sigma: float) -> np.ndarray:
     k = np.clip(r - 0.75, 0.0, 1.0)
     k = cv2.resize(k * k * (3.0 - 2.0 * k), (w, h), interpolation=cv2.INTER_LINEAR)[..., None]
     up = cv2.resize(blurred, (w, h), interpolation=cv2.INTER_LINEAR)
-    return x + (up - x) * k
+    up -= x          # x + (up - x) * k, computed in the fresh `up` buffer: no full-size temporaries
+    up *= k
+    up += x
+    return up

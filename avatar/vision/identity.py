@@ -139,18 +139,22 @@ class SFaceIdentity(IdentityModel):
 
     name, kind = "face_recognition_sface_2021dec_int8bq", "sface"
 
-    def __init__(self, net: cv2.dnn.Net, mesh) -> None:
+    def __init__(self, net: cv2.dnn.Net, landmarks_path: str | Path) -> None:
         self.net = net
-        self.mesh = mesh
+        self.landmarks_path = landmarks_path
 
     @classmethod
     def load(cls, model_path: str | Path | None = None, landmarks_path: str | Path | None = None) -> SFaceIdentity:
-        from avatar.vision.face.landmarks import LandmarkModel
-
         net = cv2.dnn.readNet(str(resolve("identity_sface", _source(model_path))))
-        model = cls(net, LandmarkModel(str(resolve("face_landmarks", _source(landmarks_path)))))
+        model = cls(net, resolve("face_landmarks", _source(landmarks_path)))
         model._forward(np.zeros((SFACE_INPUT, SFACE_INPUT, 3), np.uint8))   # warm-up: first pass prepares layers
         return model
+
+    @cached_property
+    def mesh(self):
+        """The landmark network, loaded on the first box-only embedding (FaceDetect passes the mesh it has)."""
+        from avatar.vision.face.landmarks import LandmarkModel
+        return LandmarkModel(str(self.landmarks_path))
 
     def embed(self, rgb: np.ndarray, box: Box, landmarks: np.ndarray | None = None) -> np.ndarray | None:
         image = _as_rgb_u8(rgb)
