@@ -48,13 +48,13 @@ class IdentityModel:
     @classmethod
     def load(cls, kind: str | None = None, sources: Mapping[str, str] | None = None) -> IdentityModel:
         """The `kind` model ("sface" or "dlib"; default sface), its files from `sources` (component -> path or URL,
-        a deployment's `models`) or the model cache."""
-        kind = kind or DEFAULT_IDENTITY_MODEL
+        a deployment's `models`) or the model cache. Called on a subclass, its own kind is the default."""
+        kind = kind or cls.kind or DEFAULT_IDENTITY_MODEL
         sources = sources or {}
         if kind == "sface":
-            return SFaceIdentity.load(sources.get("identity_sface"), sources.get("face_landmarks"))
+            return SFaceIdentity.from_files(sources.get("identity_sface"), sources.get("face_landmarks"))
         if kind == "dlib":
-            return DlibIdentity.load(sources.get("identity_encoder"), sources.get("identity_shape"))
+            return DlibIdentity.from_files(sources.get("identity_encoder"), sources.get("identity_shape"))
         raise ValueError(f"unknown identity model {kind!r}; known: {', '.join(IDENTITY_MODELS)}")
 
     def embed(self, rgb: np.ndarray, box: Box, landmarks: np.ndarray | None = None) -> np.ndarray | None:
@@ -88,7 +88,7 @@ class DlibIdentity(IdentityModel):
         self.shape = shape
 
     @classmethod
-    def load(cls, encoder_path: str | Path | None = None, shape_path: str | Path | None = None) -> DlibIdentity:
+    def from_files(cls, encoder_path: str | Path | None = None, shape_path: str | Path | None = None) -> DlibIdentity:
         import dlib  # imported here: the default model needs no dlib
 
         encoder = dlib.face_recognition_model_v1(str(resolve("identity_encoder", _source(encoder_path))))
@@ -144,7 +144,8 @@ class SFaceIdentity(IdentityModel):
         self.landmarks_path = landmarks_path
 
     @classmethod
-    def load(cls, model_path: str | Path | None = None, landmarks_path: str | Path | None = None) -> SFaceIdentity:
+    def from_files(cls, model_path: str | Path | None = None, landmarks_path: str | Path | None = None
+                   ) -> SFaceIdentity:
         net = cv2.dnn.readNet(str(resolve("identity_sface", _source(model_path))))
         model = cls(net, resolve("face_landmarks", _source(landmarks_path)))
         model._forward(np.zeros((SFACE_INPUT, SFACE_INPUT, 3), np.uint8))   # warm-up: first pass prepares layers
