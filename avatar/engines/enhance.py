@@ -78,9 +78,8 @@ class DetailEnhancer:
         if self._net is not None and factor >= self.min_face_upscale and look.esr_blend > 0:
             out = self._face_superres(image, out, np.asarray(landmarks, np.float32), lm, look.esr_blend)
             used, steps = UPSCALER_NAME, steps + ["face_superres"]
-        masks = face_masks(out.shape, lm)
-        if look.skin_tone > 0:
-            out, steps = correct_skin_tone(out, masks.skin, look.skin_tone), steps + ["skin_tone"]
+        if look.skin_tone > 0:   # the skin mask only where it is used (anime leaves skin tones alone)
+            out, steps = correct_skin_tone(out, face_masks(out.shape, lm).skin, look.skin_tone), steps + ["skin_tone"]
         if look.feature_sharpen > 0:
             out, steps = sharpen_features(out, lm, look.feature_sharpen, factor), steps + ["feature_sharpen"]
         if look.dof_blur > 0:
