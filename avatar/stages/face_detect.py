@@ -3,6 +3,8 @@ identity; and the pre-flight report of `POST /v1/avatar/check`."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from pydantic import Field
 
@@ -18,6 +20,11 @@ NAME = "face_detect"
 class FaceDetectConfig(ModelSources):
     work_size: int = Field(512, ge=128, le=2048, description="aligned crop side the render stages work at")
     min_face_coverage: float = Field(0.15, gt=0, lt=1)
+    face_count_tiles: Literal["auto", "always"] = Field(
+        "auto", description="auto: the tile pass (small faces) only where the two whole-frame detectors leave doubt; "
+                            "the pre-flight check always tiles")
+    identity_model: Literal["sface", "dlib"] = Field("sface", description="identity embedder of the input face "
+                                                     "(avatar.vision.identity); QualityGate must name the same one")
 
 
 class FaceDetectStage:
@@ -31,10 +38,11 @@ class FaceDetectStage:
         self.work_size = work_size
         self.min_coverage = min_coverage
 
-    def inspect(self, rgb: np.ndarray):
-        """Faces (dominant first) and the quality report of the dominant one: the cheap pre-flight."""
+    def inspect(self, rgb: np.ndarray, exhaustive: bool | None = None):
+        """Faces (dominant first) and the quality report of the dominant one: the cheap pre-flight. `exhaustive`
+        counts with the tile pass even where both whole-frame detectors agree on one face."""
         from avatar.vision.quality import assess_input
-        faces = self.analyzer.detect(rgb)
+        faces = self.analyzer.detect(rgb, exhaustive)
         return faces, assess_input(rgb, faces[0] if faces else None)
 
     def check(self, job: AvatarJob) -> dict:
@@ -42,7 +50,7 @@ class FaceDetectStage:
         from avatar.vision.face.analyzer import describe
         with timed(job, "check"):
             rgb = job.photo.array()
-            faces, report = self.inspect(rgb)
+            faces, report = self.inspect(rgb, exhaustive=True)   # the report is about counting: every tile
         face = faces[0] if faces else None
         warnings = [{"code": w.code, "message": w.message} for w in report.warnings]
         if len(faces) > 1:
@@ -95,7 +103,9 @@ class FaceDetectStage:
             job.work_size = aligned.image.shape[0]
             job.landmarks = aligned.landmarks.astype(np.float32)
             job.face_box = tuple(float(v) for v in aligned.face_box)
-            job.identity_ref = self.identity.embed(rgb, face.box) if self.identity is not None else None
+            if self.identity is not None:
+                job.identity_ref = self.identity.embed(rgb, face.box, face.landmarks)
+                job.versions["identity_model"] = self.identity.name
             job.photo = None   # the photo is not needed past this point and is never stored
         return job
 
@@ -103,8 +113,9 @@ class FaceDetectStage:
 def face_detect_stage(cfg: FaceDetectConfig):
     from avatar.vision.face.analyzer import FaceAnalyzer
     from avatar.vision.identity import IdentityModel
-    analyzer = FaceAnalyzer.load(cfg.models.get("face_detector"), cfg.models.get("face_landmarks"))
-    identity = IdentityModel.load(cfg.models.get("identity_encoder"), cfg.models.get("identity_shape"))
+    analyzer = FaceAnalyzer.load(cfg.models.get("face_detector"), cfg.models.get("face_landmarks"),
+                                 tiled="auto" if cfg.face_count_tiles == "auto" else True)
+    identity = IdentityModel.load(cfg.identity_model, cfg.models)
     return FaceDetectStage(analyzer, identity, work_size=cfg.work_size, min_coverage=cfg.min_face_coverage)
 
 

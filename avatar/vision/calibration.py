@@ -1,12 +1,14 @@
-"""Likeness: dlib descriptor distance mapped to a 0..1 score whose thresholds mean something measured.
+"""Likeness: an identity model's embedding distance mapped to a 0..1 score whose thresholds mean something measured.
 
-likeness(d) = 1 / (1 + exp(slope * (d - midpoint))), monotonic decreasing in the distance d. The two parameters live
-in `avatar/data/likeness_calibration.json`, written by `bench/likeness_calibration.py --fit` together with the pairs
-they were fitted on. The fit pins the curve at dlib's published operating point (likeness 0.60, the gaming minimum,
-at distance 0.60, dlib's accept line: 99.38% on LFW) and fits the slope by logistic regression on measured
-same-person / different-person distances, so the tier minimums read as: 0.60 = dlib would still accept the match,
-0.75 / 0.85 = progressively clearer matches, 0.9 = as close as faithful re-photographs of the same face.
-See docs/likeness.md for the figures.
+likeness(d) = 1 / (1 + exp(slope * (d - midpoint))), monotonic decreasing in the distance d. Each identity model
+(`avatar.vision.identity`) has its own two parameters, in `avatar/data/likeness_calibration.json` (dlib) and
+`avatar/data/likeness_calibration_sface.json` (SFace), written by `bench/likeness_calibration.py --fit --model ...`
+together with the pairs they were fitted on. The fit pins the curve at the model's published operating point
+(likeness 0.60, the gaming minimum: dlib's accept line, distance 0.60, 99.38% on LFW; SFace's, cosine 0.363 =
+distance 0.637, 99.32% on LFW for the quantised build) and fits the slope by logistic regression on measured
+same-person / different-person distances, capped so that the top of the same-person range on real photos scores 0.9.
+So the tier minimums read alike for both models: 0.60 = the model would still accept the match, 0.75 / 0.85 =
+progressively clearer matches, 0.9 = as close as different photos of the same face. See docs/likeness.md.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-CALIBRATION_PATH = Path(__file__).parents[1] / "data" / "likeness_calibration.json"
+CALIBRATION_PATH = Path(__file__).parents[1] / "data" / "likeness_calibration.json"   # dlib's
+_CALIBRATIONS = {"dlib": CALIBRATION_PATH, "sface": CALIBRATION_PATH.with_name("likeness_calibration_sface.json")}
+
+
+def calibration_path(model: str) -> Path:
+    """Where the curve of identity model `model` ("dlib", "sface") is stored."""
+    try:
+        return _CALIBRATIONS[model]
+    except KeyError:
+        raise ValueError(f"no likeness calibration for identity model {model!r}") from None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 
 from avatar.errors import ModelUnavailable
-from avatar.vision.face.detector import FaceDetector
+from avatar.vision.face.detector import FaceDetector, Tiling
 from avatar.vision.face.landmarks import LandmarkModel
 from avatar.vision.face.pose import head_pose
 from avatar.types import DetectedFace
@@ -56,22 +56,24 @@ class FaceAnalyzer:
 
     @classmethod
     def load(cls, detector_path: str | None = None, landmarks_path: str | None = None, *,
-             full_range_path: str | None = None, tiled: bool = True) -> "FaceAnalyzer":
+             full_range_path: str | None = None, tiled: Tiling = True) -> "FaceAnalyzer":
         """Models from the given paths, else from the model cache (`avatar.store.models.resolve`).
 
         The full-range detector is optional: without it, only faces the short-range model finds are reported.
-        `tiled=False` skips the tile pass (small faces): for confirming one large face where it is expected.
+        `tiled=False` skips the tile pass (small faces): for confirming one large face where it is expected;
+        `tiled="auto"` runs it only where the whole-frame passes leave doubt (`avatar.vision.face.detector`).
         """
         from avatar.store.models import resolve
         detector = FaceDetector(detector_path or str(resolve("face_detector")),
                                 full_range_path or _optional_full_range(), tiled=tiled)
         return cls(detector, LandmarkModel(landmarks_path or str(resolve("face_landmarks"))))
 
-    def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
-        """All faces, dominant first (size, then centrality), with landmarks in photo pixels and head pose."""
+    def detect(self, rgb: np.ndarray, exhaustive: bool | None = None) -> list[DetectedFace]:
+        """All faces, dominant first (size, then centrality), with landmarks in photo pixels and head pose;
+        `exhaustive=True` counts with the tile pass whatever the analyzer's `tiled` says."""
         rgb = _as_rgb(rgb)
         with self._lock:
-            faces = [f for f in self._detector.detect(rgb) if self._add_mesh(rgb, f)]
+            faces = [f for f in self._detector.detect(rgb, exhaustive) if self._add_mesh(rgb, f)]
         height, width = rgb.shape[:2]
         return sorted(faces, key=lambda f: dominance(f, width, height), reverse=True)
 

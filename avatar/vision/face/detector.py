@@ -6,11 +6,17 @@ narrower than ~15 % of its input and the full-range one none under ~6 %, so one 
 faces: three heads side by side counted 1 when the short-range pass found one large face and the full-range pass
 was skipped, a grid of six counted 2 to 4. Tiles two thirds of the photo wide bring faces down to ~4 % of the photo
 into the full-range model's range, and a face narrower than a third of the photo lies wholly inside some tile.
+
+The tile pass costs four more model runs (about half of detection). With `tiled="auto"` it runs only where the two
+whole-frame passes leave doubt: unless both found exactly one face, the same one (a portrait, the common case), the
+photo is tiled. Counting with tiles is for the pre-flight report and group photos; `detect(..., exhaustive=True)`
+forces it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -28,6 +34,7 @@ SAME_FACE_INSIDE = 0.6
 # an avatar (15 %) or would call a second person in the picture, and where the models' false detections live.
 MIN_FACE_SHARE = 0.04
 TILE_SHARE = 2.0 / 3.0          # tile side, as a share of the photo's sides (2x2 grid, overlapping by a third)
+Tiling = bool | Literal["auto"]   # True: always, False: never, "auto": where the whole-frame passes leave doubt
 
 
 def _create(path: str, min_score: float):
@@ -104,26 +111,40 @@ class FaceDetector:
     """BlazeFace short range and full range on the whole photo, the full-range model again on tiles; merged."""
 
     def __init__(self, short_range_path: str, full_range_path: str | None = None, min_score: float = 0.5,
-                 max_side: int = DETECT_MAX_SIDE, tiled: bool = True, min_face_share: float = MIN_FACE_SHARE) -> None:
+                 max_side: int = DETECT_MAX_SIDE, tiled: Tiling = True, min_face_share: float = MIN_FACE_SHARE) -> None:
         self.max_side = max_side
         self.tiled = tiled
         self.min_face_share = min_face_share
         self._short = _create(short_range_path, min_score)
         self._full = _create(full_range_path, min_score) if full_range_path else None
 
-    def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
-        """All faces in photo pixels (score order, no landmarks yet), down to `min_face_share` of the shorter side."""
+    def detect(self, rgb: np.ndarray, exhaustive: bool | None = None) -> list[DetectedFace]:
+        """All faces in photo pixels (score order, no landmarks yet), down to `min_face_share` of the shorter side.
+
+        `exhaustive`: True tiles the photo whatever the whole-frame passes found, False never; None follows `tiled`.
+        """
         small, scale = _downscale(rgb, self.max_side)
         h, w = small.shape[:2]
         whole = Window(0, 0, w, h)
-        found = self._run(self._short, small, whole, scale)
+        short = self._run(self._short, small, whole, scale)
+        found = list(short)
         if self._full is not None:
-            found += self._run(self._full, small, whole, scale)
-            if self.tiled:
+            full = self._run(self._full, small, whole, scale)
+            found += full
+            if self._tile(short, full, exhaustive):
                 for window in tiles(w, h):
                     found += self._run(self._full, small, window, scale)
         limit = self.min_face_share * min(rgb.shape[:2])
         return [f for f in merge(found) if f.box[2] - f.box[0] >= limit]
+
+    def _tile(self, short: list[DetectedFace], full: list[DetectedFace], exhaustive: bool | None) -> bool:
+        """Whether the tile pass runs: as asked, else per `tiled`; "auto" tiles unless both whole-frame passes saw
+        exactly one face, the same one."""
+        mode = self.tiled if exhaustive is None else exhaustive
+        if mode != "auto":
+            return bool(mode)
+        one, other = merge(short), merge(full)
+        return not (len(one) == 1 and len(other) == 1 and same_face(one[0].box, other[0].box))
 
     @staticmethod
     def _run(detector, small: np.ndarray, window: Window, scale: float) -> list[DetectedFace]:
