@@ -138,7 +138,11 @@ def bg_generate_stage(cfg: BgGenerateConfig):
     from avatar.flow.stages import BgGenerateStage
     from avatar.vision.matting import PersonMatter
     matter = PersonMatter.load(cfg.models.get("person_segmenter"), cfg.matting)
-    return BgGenerateStage(matter, create_background_engine(cfg.engine.name, cfg.engine.options))
+    learned = None
+    if cfg.matting.learned.enabled:   # opt-in (licence: docs/matting.md); a missing file fails start-up with why
+        from avatar.vision.learned_matte import LearnedMatter
+        learned = LearnedMatter.load(cfg.matting.learned, cfg.models.get("person_matte"))
+    return BgGenerateStage(matter, create_background_engine(cfg.engine.name, cfg.engine.options), learned)
 
 
 def detail_enhance_stage(cfg: DetailEnhanceConfig):

@@ -228,11 +228,15 @@ class StyleApplyStage:
 
 # ---------------------------------------------------------------- BgGenerate
 class BgGenerateStage:
+    """Mattes the person (the fast matte, or the learned one where `choose_matter` picks it) and composites them on
+    the generated background."""
+
     name = Stage.BG_GENERATE
 
-    def __init__(self, segmenter, engine) -> None:
-        self.segmenter = segmenter
+    def __init__(self, segmenter, engine, learned=None) -> None:
+        self.segmenter = segmenter      # the fast matte (avatar.vision.matting.PersonMatter)
         self.engine = engine
+        self.learned = learned          # the learned matte (avatar.vision.learned_matte.LearnedMatter), opt-in
 
     def run(self, job: AvatarJob) -> AvatarJob:
         with timed(job, self.name):
@@ -255,16 +259,39 @@ class BgGenerateStage:
         return jobs
 
     def _layer(self, job: AvatarJob) -> PersonLayer:
-        """The matted person of this attempt (`avatar.vision.matting`); its alpha travels on as `job.mask`."""
-        layer = person_layer(self.segmenter, job.aligned.array(), job.styled.array(), job.landmarks,
-                             job.matte_level)
+        """The matted person of this attempt (`avatar.vision.matting`); its alpha travels on as `job.mask`, and
+        where it judged the crop to be old background as `job.matte_background` (what the gate checks with)."""
+        matter = choose_matter(self.segmenter, self.learned, job)
+        layer = person_layer(matter, job.aligned.array(), job.styled.array(), job.landmarks, job.matte_level)
         job.mask = Pixels.of_mask(layer.alpha)
+        if layer.matte is not None:
+            job.matte_background = Pixels.of((~layer.matte.check.person).astype(np.uint8) * 255)
+        job.versions["matte"] = matte_version(matter)
         return layer
 
     def _finish(self, job: AvatarJob, composed: np.ndarray) -> None:
         job.composed, job.styled = Pixels.of(composed), None
         engine = engine_used(self.engine, job)
         job.versions["background_engine"] = f"{engine.name}/{engine.version}"
+
+
+def choose_matter(fast, learned, job: AvatarJob):
+    """The matte of `job`: the learned one when loaded and its `use_for` covers the job (all requests; asynchronous
+    jobs and batch items; or only requests asking `quality: best`, which every setting honours; `auto` is all on a
+    GPU and asynchronous work on CPU, where it costs about a second a avatar), else the fast one."""
+    if learned is None:
+        return fast
+    use = learned.config.use_for
+    if use == "auto":
+        use = "all" if learned.on_gpu else "async"
+    wanted = job.quality == "best" or use == "all" or (use == "async" and job.asynchronous)
+    return learned if wanted else fast
+
+
+def matte_version(matter) -> str:
+    """What the PNG metadata and the reply's versions name: `fast/guided`, `learned/isnet@512`, ..."""
+    version = getattr(matter, "version", None) or getattr(getattr(matter, "config", None), "method", "mask")
+    return f"{getattr(matter, 'name', 'fast')}/{version}"
 
 
 # ---------------------------------------------------------------- DetailEnhance
@@ -305,7 +332,8 @@ class QualityGateStage:
             output, alpha = job.output.array(), job.mask.mask() if job.mask is not None else None
             if job.background == TRANSPARENT and alpha is not None:   # checked as seen: on a neutral backdrop
                 output = over_grey(output, alpha_at(alpha, output.shape[0]))
-            background = BackgroundRef(aligned, alpha, job.landmarks) if alpha is not None else None
+            decided = job.matte_background.mask() > 0.5 if job.matte_background is not None else None
+            background = BackgroundRef(aligned, alpha, job.landmarks, decided) if alpha is not None else None
             result = self.gate.evaluate(output, job.output_face_box(), ref, job.platform, job.style, background)
             retry = plan_retry(job.attempt, job.intensity, result, self.gate.config)
         attempt = Attempt(job.attempt, job.intensity, job.background, job.palette, job.matte_level)
@@ -357,6 +385,7 @@ class SaveAvatarStage:
             self.storage.put(job.avatar_key, _png(image, info, self.compress_level))
             self.storage.put(job.thumbnail_key, _png(Image.fromarray(small), info, self.compress_level))
             job.styled = job.composed = job.aligned = job.mask = job.output = None   # keep the reply small
+            job.matte_background = None
             job.identity_ref = job.landmarks = None
         return job
 
@@ -369,7 +398,7 @@ def _png(image: Image.Image, info: PngInfo, level: int) -> bytes:
 
 def close_stage(stage: object) -> None:
     """Release a stage's model runtimes (MediaPipe objects must be closed before interpreter exit)."""
-    for attr in ("analyzer", "segmenter", "identity", "engine", "enhancer", "gate"):
+    for attr in ("analyzer", "segmenter", "learned", "identity", "engine", "enhancer", "gate"):
         close = getattr(getattr(stage, attr, None), "close", None)
         if callable(close):
             close()
