@@ -90,9 +90,9 @@ class AvatarJob:
         """A copy that renders `attempt` (an `avatar.flow.attempts.Attempt`); the analysed input is shared, not
         changed, so every attempt starts from the same face."""
         return replace(self, attempt=attempt.number, intensity=attempt.intensity, background=attempt.background,
-                       palette=attempt.palette, matte_level=getattr(attempt, "matte_level", 0), warnings=list(self.warnings),
-                       timings=dict(self.timings), versions=dict(self.versions), mask=None, matte_background=None,
-                       styled=None, composed=None, output=None)
+                       palette=attempt.palette, matte_level=getattr(attempt, "matte_level", 0),
+                       warnings=list(self.warnings), timings=dict(self.timings), versions=dict(self.versions),
+                       mask=None, matte_background=None, styled=None, composed=None, output=None)
 
     def warn(self, code: str, message: str) -> None:
         if all(w.code != code for w in self.warnings):

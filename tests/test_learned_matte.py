@@ -276,3 +276,42 @@ def test_the_real_model_mattes_the_astronaut(aligned_astronaut):
     assert alpha[:40, :40].max() == 0.0 and alpha[:40, -40:].max() == 0.0
     above = alpha[:top, cx]
     assert ((above > 0.05) & (above < 0.95)).sum() <= 4
+
+
+@pytest.mark.skipif(_cached_real_model() is None, reason="the real ISNet file is not cached "
+                                                         "(`avatar models fetch person_matte`)")
+def test_the_best_matte_leaves_backdrop_around_the_person_and_no_wall_at_the_jaw(face_analyzer, tmp_path):
+    """Short-haired portraits pasted on beige curtains and on a lit white wall with a chandelier, made on a solid
+    backdrop with `quality: best` (corporate_headshot, linkedin, neutral_grey): the ring 8-40 px outside the person
+    is backdrop (under 0.5 % off) and so is the wall between jaw and collar; the gate passes them at the first
+    attempt with the likeness of the fast matte's avatars, one face counted."""
+    import portraits
+
+    from avatar.catalog.palettes import PALETTES
+    from avatar.contracts import GenerateRequest
+    from avatar.flow.local import LocalPipeline
+    from avatar.job import PhotoInput
+    backdrop = tuple(int(v) for v in PALETTES["neutral_grey"].base)
+    configs = {"save_avatar": {"storage_uri": str(tmp_path)}, "load_photo": {"input_cache": False},
+               "bg_generate": {"matting": {"learned": {"enabled": True}}}}
+    with LocalPipeline(configs=configs) as pipeline:
+        for name in portraits.NAMES:
+            for wall in portraits.BACKDROPS:
+                comp = portraits.pasted(name, wall)
+                buf = io.BytesIO()
+                Image.fromarray(comp.photo).save(buf, format="PNG")
+                jobs = {q: pipeline.generate(GenerateRequest(image="-", platform="linkedin", background="solid",
+                                                             palette="neutral_grey", quality=q),
+                                             PhotoInput(data=buf.getvalue())) for q in ("fast", "best")}
+                best = jobs["best"]
+                out = np.asarray(Image.open(io.BytesIO(pipeline.stages["save_avatar"].storage.get(
+                    best.avatar_key))).convert("RGB"))
+                alpha, landmarks = portraits.frame(comp, face_analyzer, "linkedin", out.shape[0])
+                ring = portraits.ring_share(out, backdrop, alpha > 0.05)
+                jaw = portraits.jaw_wall_share(out, backdrop, alpha, landmarks)
+                print(f"{comp.name}: ring {ring:.2%}, jaw {jaw:.2%}, likeness {best.likeness_score:.3f} "
+                      f"(fast {jobs['fast'].likeness_score:.3f}), matte {best.versions['matte']}")
+                assert best.versions["matte"] == "learned/isnet@512"
+                assert ring < 0.005 and jaw < 0.005, comp.name
+                assert best.attempt == 1 and best.billable and best.face_count == 1
+                assert best.likeness_score >= jobs["fast"].likeness_score - 0.01
