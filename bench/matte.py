@@ -159,7 +159,7 @@ def save_crops(outputs: dict, frames: dict, folder: Path, labels: list[str]) -> 
     folder.mkdir(parents=True, exist_ok=True)
     chosen = [labels[0], "learned@512" if "learned@512" in labels else labels[-1]]
     for comp_name, part in (("astronaut_curtains", "hair"), ("hopper_white_wall", "shoulder"),
-                            ("astronaut", "shoulder"), ("astronaut_white_wall", "jaw")):
+                            ("astronaut", "shoulder"), ("hopper_curtains", "jaw")):
         _, landmarks = frames[comp_name]
         (x0, y0), (x1, y1) = landmarks.min(axis=0), landmarks.max(axis=0)
         fw, fh, cx = x1 - x0, y1 - y0, (x0 + x1) / 2
@@ -172,11 +172,20 @@ def save_crops(outputs: dict, frames: dict, folder: Path, labels: list[str]) -> 
         x0b, y0b, x1b, y1b = (max(0, v) for v in box)
         tiles = [cv2.resize(outputs[(label, comp_name)][y0b:y1b, x0b:x1b], None, fx=2, fy=2,
                             interpolation=cv2.INTER_NEAREST) for label in chosen]
+        titles = ["fast matte", "learned matte (ISNet, 512)" if chosen[1] == "learned@512" else chosen[1]]
+        tiles = [np.vstack([_caption(t, title), t]) for t, title in zip(tiles, titles)]
         gap = np.full((tiles[0].shape[0], 6, 3), 255, np.uint8)
         sheet = np.hstack([tiles[0], gap, tiles[1]])
         path = folder / f"matte_{comp_name}_{part}.jpg"
         cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88])
         print(f"wrote {path} ({' | '.join(chosen)})")
+
+
+def _caption(tile: np.ndarray, text: str) -> np.ndarray:
+    import cv2
+    strip = np.full((26, tile.shape[1], 3), 255, np.uint8)
+    cv2.putText(strip, text, (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (40, 40, 40), 1, cv2.LINE_AA)
+    return strip
 
 
 def main() -> None:

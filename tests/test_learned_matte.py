@@ -232,6 +232,15 @@ def test_the_request_field_defaults_to_fast_and_is_checked():
     assert err.value.field == "quality" and err.value.status == 422
 
 
+def test_the_openapi_document_describes_the_field():
+    from service.app import app
+    doc = app.openapi()
+    field = doc["components"]["schemas"]["GenerateRequest"]["properties"]["quality"]
+    assert field["enum"] == ["fast", "best"] and field["default"] == "fast" and "learned" in field["description"]
+    form = doc["paths"]["/v1/avatar/generate"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert "quality" in form["schema"]["properties"]
+
+
 # ------------------------------------------------------------------------------------------------ the flow
 def test_the_flow_mattes_with_the_learned_model_when_asked(tiny_model, astronaut, tmp_path):
     """The in-process pipeline with the learned matte enabled (the stand-in model): a request asking quality best
