@@ -54,6 +54,12 @@ class GenerateRequest(BaseModel):
     border_width: int | None = Field(None, ge=0, le=MAX_BORDER_WIDTH,
                                      description="Border width in pixels of an 800 px avatar (scaled with the size; "
                                                  "default 8 when border_color is given).")
+    quality: Literal["fast", "best"] = Field(
+        "fast", description="Person matte (the cut-out's edge). fast: the deployment's default for this route (on "
+                            "CPU deployments the fast matte for synchronous requests; asynchronous jobs, batches and "
+                            "GPU deployments use the learned matte where the operator enabled it). best: the learned "
+                            "matte here too, where enabled (crisper hair and shoulders; about 1 s more per avatar on "
+                            "CPU). The avatar's PNG metadata names the matte used.")
 
     _platform = field_validator("platform")(lambda cls, v: _known("platform", v, sorted(PLATFORMS)))
     _palette = field_validator("palette")(lambda cls, v: _known("palette", v, PALETTES))

@@ -16,8 +16,8 @@ each check is measured, reported with its value, and documented (docs/likeness.m
 - likeness: calibrated likeness (avatar.vision.calibration) of the output's face vs the input's, at least the platform's
   minimum (tier default: professional 0.85, social 0.75, gaming 0.60; per-platform overrides).
 - background (when the flow passes the input crop and its matte): old background still visible in the output covers
-  at most `max_background_remnant` of the frame (0.3 %; `avatar.vision.remnant`). A failure asks the retry for a
-  stricter matte.
+  at most `max_background_remnant` of the frame (0.3 %; `avatar.vision.remnant`), judged with the matte that composed
+  the output: what that matte decided is background must not show. A failure asks the retry for a stricter matte.
 - content_safety: open_nsfw P(nsfw) below `nsfw_threshold` (0.2: Yahoo's guidance reads < 0.2 as safe; portraits
   score 0.002-0.03, so the margin is wide, and a false pass costs far more on a profile picture than a retry).
 """
@@ -92,11 +92,13 @@ class IdentityRef:
 
 @dataclass
 class BackgroundRef:
-    """What the background check compares: the unstyled aligned crop, the matte used, the landmarks (crop pixels)."""
+    """What the background check compares: the unstyled aligned crop, the matte that composed the output (its alpha,
+    and where it judged the crop to be old background: bool, any size), the landmarks (crop pixels)."""
 
     aligned: np.ndarray
     alpha: np.ndarray
     landmarks: np.ndarray | None = None
+    decided: np.ndarray | None = None
 
 
 @dataclass
@@ -150,7 +152,8 @@ class QualityGate:
         remnant = 0.0
         if background is not None:
             from avatar.vision.remnant import measure
-            remnant = measure(background.aligned, background.alpha, output_rgb, background.landmarks).share
+            remnant = measure(background.aligned, background.alpha, output_rgb, background.landmarks,
+                              decided=background.decided).share
             checks["background"] = remnant <= self.config.max_background_remnant
         result = self._result(checks, likeness, nsfw, face_score, source, minimum, style)
         result.background_remnant = round(remnant, 5)

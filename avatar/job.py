@@ -40,6 +40,8 @@ class AvatarJob:
     account: str | None = None
     token: dict | None = None              # a loaded custom style token (custom styles only)
     match_lighting: bool = False           # team batches: the photo's light brought to the batch's (avatar.team)
+    quality: str = "fast"                  # the request's matte quality: "fast" or "best" (GenerateRequest.quality)
+    asynchronous: bool = False             # an async job or batch item: nobody waits on a connection for it
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     photo: Pixels | None = None             # upright RGB input
@@ -58,6 +60,7 @@ class AvatarJob:
     landmarks: np.ndarray | None = None     # (468, 2) in aligned-crop pixels
     face_box: Box | None = None             # face box in aligned-crop pixels
     mask: Pixels | None = None              # person matte (alpha) of the aligned crop (8-bit)
+    matte_background: Pixels | None = None  # where that matte judged the crop to be old background (256 px, 0/255)
     matte_level: int = 0                    # matting strictness of this attempt (raised when old background shows)
     template: Any = None                    # avatar.engines.template.OutputTemplate: shape, border, transparency
     styled: Pixels | None = None
@@ -87,8 +90,9 @@ class AvatarJob:
         """A copy that renders `attempt` (an `avatar.flow.attempts.Attempt`); the analysed input is shared, not
         changed, so every attempt starts from the same face."""
         return replace(self, attempt=attempt.number, intensity=attempt.intensity, background=attempt.background,
-                       palette=attempt.palette, matte_level=getattr(attempt, "matte_level", 0), warnings=list(self.warnings), timings=dict(self.timings),
-                       versions=dict(self.versions), mask=None, styled=None, composed=None, output=None)
+                       palette=attempt.palette, matte_level=getattr(attempt, "matte_level", 0),
+                       warnings=list(self.warnings), timings=dict(self.timings), versions=dict(self.versions),
+                       mask=None, matte_background=None, styled=None, composed=None, output=None)
 
     def warn(self, code: str, message: str) -> None:
         if all(w.code != code for w in self.warnings):

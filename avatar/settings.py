@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     model_face_detector_full: str | None = None
     model_face_landmarks: str | None = None
     model_person_segmenter: str | None = None
+    model_person_matte: str | None = None
     model_identity_encoder: str | None = None
     model_identity_shape: str | None = None
     model_identity_sface: str | None = None

@@ -175,7 +175,7 @@ def test_aligned_astronaut_sits_on_the_template(aligned_astronaut, astronaut_fac
     assert inside.all() and 0 <= x0 < x1 <= 512
 
 
-@pytest.mark.parametrize("degrees", [20.0, -25.0])
+@pytest.mark.parametrize("degrees", [20.0, -25.0, 30.0, -30.0])
 def test_tilted_photo_aligns_level_at_the_template_position(astronaut, face_analyzer, degrees):
     photo = rotate(astronaut, degrees)
     aligned = align_face(photo, face_analyzer.detect(photo)[0], Framing(), 512)
@@ -183,6 +183,70 @@ def test_tilted_photo_aligns_level_at_the_template_position(astronaut, face_anal
     assert abs(angle) < 2.0
     assert np.linalg.norm(mid - [256, 0.42 * 512]) < 3.0
     assert dist == pytest.approx(0.2 * 512, rel=0.05)
+
+
+@pytest.fixture(scope="module")
+def dlib_eyes():
+    """An eye-line measure independent of the MediaPipe models the service aligns with: dlib's HOG face detector and
+    its 5-point shape predictor (eye corners), on the image upscaled 2x (dlib answers whole pixels)."""
+    import dlib
+
+    from avatar.store.models import resolve
+    detector, shape = dlib.get_frontal_face_detector(), dlib.shape_predictor(str(resolve("identity_shape")))
+
+    def angle(rgb: np.ndarray) -> float | None:
+        big = cv2.resize(rgb, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+        found = detector(big, 0)
+        if not found:
+            return None
+        points = shape(big, max(found, key=lambda r: r.area()))
+        p = np.array([[points.part(i).x, points.part(i).y] for i in range(4)], np.float64)
+        a, b = sorted([p[0:2].mean(axis=0), p[2:4].mean(axis=0)], key=lambda q: q[0])
+        return math.degrees(math.atan2(b[1] - a[1], b[0] - a[0]))
+    return angle
+
+
+@pytest.fixture(scope="module")
+def hopper() -> np.ndarray:
+    """Grace Hopper (US Navy photograph, public domain; ships with matplotlib)."""
+    from matplotlib import cbook
+    from PIL import Image
+    with cbook.get_sample_data("grace_hopper.jpg") as fh:
+        return np.array(Image.open(fh).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from avatar.flow.local import LocalPipeline
+    with LocalPipeline(configs={"save_avatar": {"storage_uri": str(tmp_path_factory.mktemp("avatars"))},
+                                "load_photo": {"input_cache": False}}) as p:
+        yield p
+
+
+STYLE_PLATFORMS = {"corporate_headshot": "linkedin", "anime_character": "discord", "editorial_portrait": "portfolio"}
+
+
+@pytest.mark.parametrize("degrees", [30.0, -30.0])
+@pytest.mark.parametrize("style", list(STYLE_PLATFORMS))
+@pytest.mark.parametrize("photo", ["astronaut", "hopper"])
+def test_every_style_delivers_a_level_eye_line_from_a_tilted_photo(request, pipeline, dlib_eyes, photo, style,
+                                                                   degrees):
+    """The delivered avatar (whole flow: alignment, style, background, enhancement) of a photo tilted 30 degrees
+    either way: its eye line, as dlib finds it, within 2 degrees of level in every style."""
+    import io
+
+    from PIL import Image
+
+    from avatar.contracts import GenerateRequest
+    from avatar.job import PhotoInput
+    buf = io.BytesIO()
+    Image.fromarray(rotate(request.getfixturevalue(photo), degrees)).save(buf, format="PNG")
+    job = pipeline.generate(GenerateRequest(image="-", style=style, platform=STYLE_PLATFORMS[style]),
+                            PhotoInput(data=buf.getvalue()))
+    out = np.asarray(Image.open(io.BytesIO(pipeline.stages["save_avatar"].storage.get(job.avatar_key))))
+    angle = dlib_eyes(out[..., :3])
+    print(f"{photo} tilted {degrees:+.0f}, {style}: eye line {angle:+.2f} degrees")
+    assert angle is not None and abs(angle) <= 2.0
 
 
 def test_alignment_matches_the_image_content(astronaut, aligned_astronaut, face_analyzer):

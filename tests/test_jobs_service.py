@@ -18,13 +18,18 @@ pytestmark = [pytest.mark.serve, pytest.mark.timeout(900)]
 
 @pytest.fixture(scope="module")
 def service(serve_app):
-    """The session's app with a short runner lease for this module, and an account "acme" whose key the client
-    sends."""
+    """The session's app with a short runner lease and credits on for this module, and an account "acme" (with
+    credits for every avatar of the module) whose key the client sends."""
+    from avatar.settings import settings
     from avatar.store.accounts import open_account_store
-    _, key = open_account_store().create_account("acme")   # the app's database (the session's AVATAR_DATA_DIR)
+    from avatar.store.credits import Ledger
+    from avatar.store.database import open_database
+    account, key = open_account_store().create_account("acme")   # the app's database (the session's AVATAR_DATA_DIR)
+    Ledger(open_database(settings().resolved_database_url)).grant(account, 1000, "test")
     with serve_app.configured({
             "AvatarIngress": {"usage_flush_interval_s": 0,   # the tests poll job status several times a second
-                              "accounts": {"plans": {"standard": {"requests_per_minute": 6000, "burst": 1000}}}},
+                              "accounts": {"credits": True,
+                                           "plans": {"standard": {"requests_per_minute": 6000, "burst": 1000}}}},
             "JobRunner": {"lease_s": 4, "renew_every_s": 0.5, "poll_s": 0.2, "max_concurrency": 2}}):
         with serve_app.client(headers={"Authorization": f"Bearer {key}"}) as client:
             yield client
@@ -108,8 +113,7 @@ def test_a_canceled_batch_gives_its_credits_back_on_the_running_service(service,
     ledger = Ledger(open_database(settings().resolved_database_url))
     ledger.grant(account, 200, "test")
     auth = {"Authorization": f"Bearer {key}"}
-    if not service.get("/v1/account", headers=auth).json()["credits_enabled"]:
-        pytest.skip("the `service` fixture deploys AvatarIngress without `accounts.credits: true`")
+    assert service.get("/v1/account", headers=auth).json()["credits_enabled"]
     items = [{"external_id": f"team-{i}", "image": _b64(astronaut)} for i in range(3)]
     accepted = service.post("/v1/batches", headers=auth, json={"items": items, "platform": "slack"})
     assert accepted.status_code == 202, accepted.text

@@ -89,6 +89,34 @@ def test_a_team_batch_looks_like_one_session(astronaut, hopper, face_analyzer, t
         assert a["face_colour_delta_e"] < 0.7 * b["face_colour_delta_e"], (person, b, a)
 
 
+def test_a_member_that_passes_alone_passes_in_the_batch(astronaut, tmp_path):
+    """The same photo alone and as a team member with lighting matching (corporate_headshot, linkedin, navy, studio
+    light): the two avatars differ by a couple of levels, so the gate must agree on them. It used to refuse the
+    member after three attempts (old_background_visible: its own colour model called the helmet's silver ring, kept
+    by the matte, the old grey wall) while passing the photo alone at the first attempt."""
+    from avatar.flow.local import LocalPipeline
+    from avatar.job import AvatarJob, PhotoInput
+    buf = io.BytesIO()
+    Image.fromarray(astronaut).save(buf, format="PNG")
+    done, outs = {}, {}
+    with LocalPipeline(configs={"save_avatar": {"storage_uri": str(tmp_path)},
+                                "load_photo": {"input_cache": False}}) as pipeline:
+        for match in (False, True):
+            job = AvatarJob(request_id=f"req_member{int(match)}", style="corporate_headshot", platform="linkedin",
+                            size=800, intensity=0.6, palette="navy", background="studio_light", match_lighting=match)
+            done[match] = pipeline.run(job, PhotoInput(data=buf.getvalue()))
+            outs[match] = np.asarray(Image.open(io.BytesIO(pipeline.stages["save_avatar"].storage.get(
+                done[match].avatar_key))).convert("RGB")).astype(np.float32)
+    difference = float(np.abs(outs[True] - outs[False]).mean())
+    verdicts = {m: (d.attempt, d.billable, [w.code for w in d.warnings], d.gate.background_remnant)
+                for m, d in done.items()}
+    print(f"mean difference {difference:.2f}/255; alone, in the batch: {verdicts}")
+    assert difference < 6.0
+    assert done[False].billable and done[False].attempt == 1, verdicts      # alone: passes at once
+    assert done[True].billable and done[True].attempt == 1, verdicts        # so the member passes too
+    assert done[True].gate.checks["background"]
+
+
 def _png(colour: tuple[int, int, int]) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), colour).save(buf, format="PNG")

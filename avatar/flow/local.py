@@ -47,7 +47,8 @@ class LocalPipeline:
     def generate(self, request: GenerateRequest, source: PhotoInput) -> AvatarJob:
         job = AvatarJob(request_id=AvatarJob.new_request_id(), style=request.resolved_style,
                         platform=request.platform, size=request.size, intensity=request.resolved_intensity,
-                        palette=request.palette, background=request.background, template=request.template)
+                        palette=request.palette, background=request.background, template=request.template,
+                        quality=request.quality)
         return self.run(job, source)
 
     def run(self, job: AvatarJob, source: PhotoInput) -> AvatarJob:

@@ -112,7 +112,7 @@ def close_stage(stage: object) -> None:
     if callable(own):
         own()
         return
-    for attr in ("analyzer", "segmenter", "identity", "engine", "enhancer", "gate"):
+    for attr in ("analyzer", "segmenter", "learned", "identity", "engine", "enhancer", "gate"):
         close = getattr(getattr(stage, attr, None), "close", None)
         if callable(close):
             close()

@@ -43,7 +43,8 @@ class QualityGateStage:
             output, alpha = job.output.array(), job.mask.mask() if job.mask is not None else None
             if job.background == TRANSPARENT and alpha is not None:   # checked as seen: on a neutral backdrop
                 output = over_grey(output, alpha_at(alpha, output.shape[0]))
-            background = BackgroundRef(aligned, alpha, job.landmarks) if alpha is not None else None
+            decided = job.matte_background.mask() > 0.5 if job.matte_background is not None else None
+            background = BackgroundRef(aligned, alpha, job.landmarks, decided) if alpha is not None else None
             result = self.gate.evaluate(output, job.output_face_box(), ref, job.platform, job.style, background)
             retry = plan_retry(job.attempt, job.intensity, result, self.gate.config)
         attempt = Attempt(job.attempt, job.intensity, job.background, job.palette, job.matte_level)

@@ -74,6 +74,7 @@ class SaveAvatarStage:
             self.storage.put(job.avatar_key, _png(image, info, self.compress_level, self.strategy))
             self.storage.put(job.thumbnail_key, _png(Image.fromarray(small), info, self.compress_level, self.strategy))
             job.styled = job.composed = job.aligned = job.mask = job.output = None   # keep the reply small
+            job.matte_background = None
             job.identity_ref = job.landmarks = None
         return job
 

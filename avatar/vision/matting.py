@@ -22,16 +22,45 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from avatar.vision.mask_checks import MaskCheck, check_mask, strictness
 from avatar.vision.segmentation import PersonSegmenter, refine_mask
 
 Method = Literal["guided", "closed_form", "none"]
+
+
+class LearnedMatteConfig(BaseModel):
+    """`BgGenerate.user_config.matting.learned`: off unless `enabled` (licence: docs/matting.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(False, description="load the learned matte (opt-in; `avatar models fetch person_matte`)")
+    model: str | None = Field(None, description="a path or URL of the ONNX file; default: the pinned catalogue file")
+    input_side: int = Field(512, ge=128, le=1536, description="side ISNet runs at (a multiple of 32)")
+    threads: int = Field(2, ge=1, le=64, description="onnxruntime intra-op threads on CPU")
+    gpu: bool = Field(True, description="use onnxruntime's CUDA provider when it is installed and sees a GPU")
+    use_for: str = Field("auto", description="which requests get it: all, async (asynchronous jobs and batch items, "
+                                             "plus requests asking quality best), asked (only quality best); "
+                                             "auto = all on a GPU, async on CPU")
+
+    @field_validator("input_side")
+    @classmethod
+    def _multiple_of_32(cls, side: int) -> int:
+        if side % 32:
+            raise ValueError(f"input_side {side} is not a multiple of 32")
+        return side
+
+    @field_validator("use_for")
+    @classmethod
+    def _known_use(cls, use: str) -> str:
+        if use not in ("auto", "all", "async", "asked"):
+            raise ValueError(f"use_for {use!r}: one of auto, all, async, asked")
+        return use
 
 
 class MattingConfig(BaseModel):
@@ -43,6 +72,8 @@ class MattingConfig(BaseModel):
     solve_side: int = Field(256, ge=64, le=1024, description="checks, trimap (and closed-form alpha) run at this side")
     guided_eps: float = Field(1e-3, gt=0, le=1, description="guided filter regularisation: larger = softer edge")
     decontaminate: bool = Field(True, description="solve the edge's colours for the person's own")
+    learned: LearnedMatteConfig = Field(default_factory=LearnedMatteConfig,
+                                        description="the learned matte (avatar.vision.learned_matte), opt-in")
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "MattingConfig":
@@ -65,8 +96,20 @@ class Matte:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+class Matter(Protocol):
+    """What BgGenerate mattes with: the fast matte below, or the learned one (`avatar.vision.learned_matte`)."""
+
+    name: str
+
+    def matte(self, rgb: np.ndarray, landmarks: np.ndarray | None, level: int = 0) -> Matte: ...
+
+    def close(self) -> None: ...
+
+
 class PersonMatter:
-    """Segmenter + checks + matting, loaded once per process (warm-up at load, never per request)."""
+    """The fast matte: segmenter + checks + matting, loaded once per process (warm-up at load, never per request)."""
+
+    name = "fast"
 
     def __init__(self, segmenter: PersonSegmenter, config: MattingConfig = MattingConfig()) -> None:
         self.segmenter = segmenter
@@ -77,6 +120,10 @@ class PersonMatter:
     def load(cls, path: str | Path | None = None, config: MattingConfig | dict | None = None) -> "PersonMatter":
         cfg = config if isinstance(config, MattingConfig) else MattingConfig.from_dict(config)  # type: ignore[arg-type]
         return cls(PersonSegmenter.load(path), cfg)
+
+    @property
+    def version(self) -> str:
+        return self.config.method
 
     def _warm_up(self) -> None:
         """Closed-form matting imports numba and compiles on first use (seconds): do it now, at start-up."""

@@ -1,6 +1,12 @@
 """Old background left in an avatar: the quality gate's background check, from the input crop, the matte and the output.
 
 A pixel counts as old background still showing when
+- the matte that composed the output decided it is background (`decided`: the matte's own judgement, handed on by
+  BgGenerate; the checked person region of the fast matte, ISNet's figure for the learned one). The check judges with
+  that matte instead of segmenting the crop again by colour: a second, colour-only opinion disagreed with the matte on
+  surfaces of the wall's colour the matte rightly kept (a silver helmet ring in front of a light grey wall), and,
+  sitting near its threshold there, refused a team member whose lighting-matched avatar differed from the same photo's
+  by 2/255 while passing the photo alone. Without `decided` every pixel qualifies (the earlier, colour-only check);
 - the input crop there has the old background's colours (the colour statistics of the crop's border where the matte
   is background, against the person's: face, hair cap, the body zone and deep interior of the matte;
   `avatar.vision.mask_checks`),
@@ -43,8 +49,9 @@ class Remnant:
 
 
 def measure(aligned: np.ndarray, alpha: np.ndarray, output: np.ndarray, landmarks: np.ndarray | None,
-            side: int = SIDE) -> Remnant:
-    """Old background still visible in `output` (any size, same framing as the `aligned` crop and its `alpha`)."""
+            side: int = SIDE, decided: np.ndarray | None = None) -> Remnant:
+    """Old background still visible in `output` (any size, same framing as the `aligned` crop and its `alpha`);
+    `decided` (bool, any size, same framing): where the matte that composed `output` judged the crop background."""
     scale = side / float(aligned.shape[0])
     crop = cv2.resize(aligned[..., :3], (side, side), interpolation=cv2.INTER_AREA)
     out = cv2.resize(np.ascontiguousarray(output[..., :3]), (side, side), interpolation=cv2.INTER_AREA)
@@ -70,4 +77,6 @@ def measure(aligned: np.ndarray, alpha: np.ndarray, output: np.ndarray, landmark
         seen &= log_ratio(lab_out, background, ColourModel.fit(lab_out, new_where)) > OUTPUT_RATIO
     if prior is not None:
         seen &= ~prior.face
+    if decided is not None:
+        seen &= cv2.resize(decided.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST) > 0
     return Remnant(float(seen.mean()), seen)
