@@ -120,7 +120,8 @@ def test_the_config_overrides_the_code():
     for name in GPU_STAGES:
         assert deployments[name].ray_actor_options == {"num_cpus": 0.1, "num_gpus": 0}, name
         assert deployments[name]._deployment_config.autoscaling_config.max_replicas == 1, name
-    assert deployments["FaceDetect"].user_config == {"work_size": 384, "min_face_coverage": 0.15, "models": {}}
+    assert deployments["FaceDetect"].user_config == {"work_size": 384, "min_face_coverage": 0.15, "models": {},
+                                                     "face_count_tiles": "auto", "identity_model": "sface"}
 
 
 def test_the_shipped_config_validates():
