@@ -14,6 +14,7 @@ from avatar.catalog.backgrounds import BACKGROUNDS
 from avatar.catalog.palettes import PALETTES
 from avatar.catalog.platforms import BUILTIN_STYLES, PLATFORMS, RESOLUTIONS
 from avatar.catalog.styles import CUSTOM_INTENSITY as DEFAULT_CUSTOM_INTENSITY, DEFAULT_INTENSITY
+from avatar.spec import AvatarSpec
 
 API_VERSION = "v1"
 
@@ -111,6 +112,12 @@ class GenerateRequest(BaseModel):
         width = self.border_width if self.border_width is not None else (8 if self.border_color else 0)
         colour = parse_colour(self.border_color) if self.border_color else None
         return OutputTemplate(self.shape, colour, width, self.background == TRANSPARENT)
+
+    def spec(self, match_lighting: bool = False) -> AvatarSpec:
+        """The resolved parameters every entry point builds its job from."""
+        return AvatarSpec(style=self.resolved_style, platform=self.platform, size=self.size,
+                          intensity=self.resolved_intensity, palette=self.palette, background=self.background,
+                          template=self.template, match_lighting=match_lighting, external_id=self.external_id)
 
 
 def _known(name: str, value: str | None, allowed) -> str | None:
@@ -468,6 +475,10 @@ class BatchRequest(WebhookFields):
                                palette=self.palette, background=self.background, resolution=self.resolution,
                                style_intensity=self.style_intensity, shape=self.shape,
                                border_color=self.border_color, border_width=self.border_width)
+
+    def spec(self) -> AvatarSpec:
+        """The look every member's job is built from (each member's external id is its item's)."""
+        return self.look().spec(match_lighting=self.match_lighting)
 
 
 class JobProgress(BaseModel):

@@ -10,7 +10,6 @@ Uploaded photos are kept in storage only until their item is done.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from pathlib import PurePath
 from typing import Any
@@ -21,8 +20,8 @@ from starlette.responses import JSONResponse
 
 from avatar.contracts import BatchRequest, GenerateRequest, WebhookFields, parse_request
 from avatar.errors import AvatarError, InvalidRequest, Unauthorized
-from avatar.job import AvatarJob
 from avatar.settings import settings
+from avatar.spec import AvatarSpec
 from avatar.store.fetch import FetchPolicy
 from avatar.store.jobs import BATCH, GENERATE, new_job_id
 from avatar.vision.imageio import b64decode_image
@@ -68,16 +67,8 @@ async def webhook_of(fields: dict[str, Any]) -> tuple[str | None, list[str]]:
     return spec.webhook_url, filt
 
 
-def _params(req: GenerateRequest, match_lighting: bool = False) -> dict[str, Any]:
-    """What the runner needs to rebuild the job: the resolved generate parameters and the output template."""
-    return {"style": req.resolved_style, "platform": req.platform, "size": req.size,
-            "intensity": req.resolved_intensity, "palette": req.palette, "background": req.background,
-            "template": dataclasses.asdict(req.template), "match_lighting": match_lighting}
-
-
-async def _authorize(ingress: Any, account: str, req: GenerateRequest) -> None:
-    probe = AvatarJob(request_id="", style=req.resolved_style, platform=req.platform, size=req.size, intensity=0)
-    await ingress.auth.authorize_style(account, probe)
+async def _authorize(ingress: Any, account: str, spec: AvatarSpec) -> None:
+    await ingress.auth.authorize_style(account, spec.job(request_id=""))
 
 
 def _accepted(body: dict[str, Any]) -> JSONResponse:
@@ -98,7 +89,8 @@ async def submit_generate(request: Request, ingress: Any, account: str | None, p
         fields = {k: v for k, v in payload.items() if k not in WEBHOOK_FIELDS}
         req: GenerateRequest = parse_request(GenerateRequest, fields)
         webhook_url, events = await webhook_of(payload)
-        await _authorize(ingress, account, req)
+        spec = req.spec()
+        await _authorize(ingress, account, spec)
         job_id = new_job_id()
         source: dict[str, Any] = {"cache": req.cache_input}
         data = upload if upload is not None else (b64decode_image(req.image) if req.image is not None else None)
@@ -109,9 +101,8 @@ async def submit_generate(request: Request, ingress: Any, account: str | None, p
             source["url"] = req.image_url
         else:
             source = {"input_id": req.input_id}
-        params = _params(req)
-        terms = await ingress.billing.job_terms(request, account, req.resolved_style, req.platform,
-                                                [req.external_id])
+        params = spec.params()
+        terms = await ingress.billing.job_terms(request, account, spec.style, spec.platform, [spec.external_id])
         if terms:
             params["billing"] = {**terms, "external_id": req.external_id}
         job = await asyncio.to_thread(ingress.jobs.create_job, account, GENERATE, params,
@@ -146,11 +137,11 @@ async def submit_batch(request: Request, ingress: Any, account: str) -> JSONResp
         return replay
     async with hold.guard():
         batch: BatchRequest = parse_request(BatchRequest, payload)
-        look = batch.look()
+        spec = batch.spec()
         webhook_url, events = await webhook_of(payload)
-        await _authorize(ingress, account, look)
-        params = _params(look, batch.match_lighting)
-        terms = await ingress.billing.job_terms(request, account, look.resolved_style, look.platform,
+        await _authorize(ingress, account, spec)
+        params = spec.params()
+        terms = await ingress.billing.job_terms(request, account, spec.style, spec.platform,
                                                 [item.external_id for item in batch.items])
         if terms:
             params["billing"] = terms

@@ -63,9 +63,7 @@ async def generate(request: Request, ingress: Ingress, account: Account) -> Gene
 async def _generate(request: Request, ingress, account: str | None, payload: dict, upload: bytes | None,
                     started: float) -> GenerateResponse | JSONResponse:
     req: GenerateRequest = parse_request(GenerateRequest, payload)
-    job = AvatarJob(request_id=AvatarJob.new_request_id(), style=req.resolved_style, platform=req.platform,
-                    size=req.size, intensity=req.resolved_intensity, palette=req.palette, background=req.background,
-                    template=req.template)
+    job = req.spec().job(account=account)
     await ingress.auth.authorize_style(account, job)   # a custom token must be the account's own
     try:
         charge = await ingress.billing.hold(request, account, job, req.external_id)   # 402 here, before any work
