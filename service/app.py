@@ -22,9 +22,10 @@ app = FastAPI(
     docs_url="/docs",
     redoc_url=None,
 )
-for router in (avatar.router, jobs.router, batches.router, webhooks.router, styles.router, account.router, files.router,
-               ops.router):
+ROUTERS = (avatar.router, jobs.router, batches.router, webhooks.router, styles.router, account.router, files.router,
+           ops.router)
+for router in ROUTERS:
     app.include_router(router)
 app.add_middleware(AccountHeaders)
 errors.install(app)
-openapi.install(app)
+openapi.install(app, ROUTERS)

@@ -15,7 +15,6 @@ from pathlib import PurePath
 from typing import Any
 
 from fastapi import Request
-from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from avatar.contracts import BatchRequest, GenerateRequest, WebhookFields, parse_request
@@ -28,7 +27,7 @@ from avatar.vision.imageio import b64decode_image
 from avatar.webhooks import check_events, check_webhook_url
 from service import idempotency
 from service.answers import job_view, status_url
-from service.http import JSON_TYPES, content_type, read_form, read_json
+from service.http import BodyReader, Payload
 from service.runner import upload_key
 
 WEBHOOK_FIELDS = ("webhook_url", "webhook_events")
@@ -115,18 +114,11 @@ async def submit_generate(request: Request, ingress: Any, account: str | None, p
 
 
 # ---------------------------------------------------------------- team batches
-async def submit_batch(request: Request, ingress: Any, account: str) -> JSONResponse:
+async def submit_batch(request: Request, ingress: Any, account: str, body: BodyReader) -> JSONResponse:
     """A team batch: JSON items (image, image_url or input_id each) or multipart `images` files."""
     limits = ingress.config.batches
-    ctype = content_type(request)
-    if ctype == "multipart/form-data":
-        payload, uploads = await _batch_form(request, limits.max_upload_bytes, limits.max_items)
-    elif ctype in JSON_TYPES:
-        payload = await read_json(request, limits.max_upload_bytes, empty_hint="send a JSON object with 'items'")
-        uploads = {}
-    else:
-        raise AvatarError(f"content-type {ctype!r} is not supported; send application/json or multipart/form-data",
-                          field="content-type", code="unsupported_content_type", status=415)
+    read = await body.read(limits.max_upload_bytes, max_files=limits.max_items + 1)
+    payload, uploads = _batch_form(read) if read.multipart else (read.fields, {})
     items = payload.get("items")
     if isinstance(items, list) and len(items) > limits.max_items:
         raise InvalidRequest(f"a batch takes at most {limits.max_items} items; this one has {len(items)}",
@@ -181,24 +173,12 @@ def _store_sources(storage: Any, job_id: str, batch: BatchRequest,
     return sources
 
 
-async def _batch_form(request: Request, max_bytes: int, max_items: int) -> tuple[dict[str, Any], dict[int, bytes]]:
+def _batch_form(read: Payload) -> tuple[dict[str, Any], dict[int, bytes]]:
     """Multipart: `images` file parts (each member's external id is the file name without its extension, or the
     `external_ids` field's JSON list, in order) and the shared fields."""
-    form = await read_form(request, max_bytes, max_files=max_items + 1, field="images")
-    fields: dict[str, Any] = {}
-    names: list[str] = []
-    uploads: dict[int, bytes] = {}
-    try:
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key != "images":
-                    raise InvalidRequest(f"unexpected file part {key!r}; upload the photos as 'images'", field=key)
-                uploads[len(names)] = await value.read()
-                names.append(PurePath(value.filename or f"item_{len(names)}").stem or f"item_{len(names)}")
-            else:
-                fields[key] = value
-    finally:
-        await form.close()
+    fields = dict(read.fields)
+    uploads = {i: data for i, (_, data) in enumerate(read.files)}
+    names = [PurePath(name or f"item_{i}").stem or f"item_{i}" for i, (name, _) in enumerate(read.files)]
     if not names:
         raise InvalidRequest("no 'images' file parts in the upload", field="images", code="missing_images")
     if "external_ids" in fields:

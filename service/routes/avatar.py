@@ -8,7 +8,9 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse
 
 from avatar.contracts import CheckRequest, CheckResponse, GenerateRequest, GenerateResponse, JobView, parse_request
@@ -20,22 +22,26 @@ from service import memory
 from service.dependencies import Account, Ingress
 from service.errors import as_avatar_error, error_response
 from service import idempotency
-from service.http import read_photo_payload
-from service.openapi import ERRORS, IDEMPOTENCY_KEY, PREFER_ASYNC, json_or_form_body, with_headers
+from service.http import BodyOf, BodyReader, read_photo_payload
+from service.openapi import ERRORS, IDEMPOTENCY_KEY, PREFER_ASYNC, with_headers
 from service.submit import submit_generate, wants_async
 
 log = logging.getLogger("avatar.routes")
 
 router = APIRouter(prefix="/v1/avatar", tags=["avatar"])
 
+_PHOTO_HINT = "send a JSON object with 'image' or 'image_url'"
+GENERATE_BODY = BodyOf(GenerateRequest, "image", "the photo", empty_hint=_PHOTO_HINT)
+CHECK_BODY = BodyOf(CheckRequest, "image", "the photo", empty_hint=_PHOTO_HINT)
+
 
 @router.post("/generate", response_model=GenerateResponse,
              responses={**ERRORS, 202: {"model": JobView, "description": "Accepted as a job (Prefer: respond-async)"},
                         409: ERRORS[400] | {"description": "The same Idempotency-Key is still in progress"}},
-             openapi_extra=with_headers(json_or_form_body(GenerateRequest, "image", "GenerateForm"), PREFER_ASYNC,
-                                        IDEMPOTENCY_KEY),
+             openapi_extra=with_headers(PREFER_ASYNC, IDEMPOTENCY_KEY),
              summary="Turn a photo into a platform-ready avatar")
-async def generate(request: Request, ingress: Ingress, account: Account) -> GenerateResponse | JSONResponse:
+async def generate(request: Request, ingress: Ingress, account: Account,
+                   body: Annotated[BodyReader, Depends(GENERATE_BODY)]) -> GenerateResponse | JSONResponse:
     """JSON with `image` (base64), `image_url` or `input_id`, or a multipart form with an `image` file part.
 
     `Prefer: respond-async` makes it a job: 202 with the job's status URL (API key required; `webhook_url` and
@@ -43,12 +49,12 @@ async def generate(request: Request, ingress: Ingress, account: Account) -> Gene
     `Idempotency-Key` makes a retry safe: the same key and body answer the original response, with no new charge."""
     started = time.perf_counter()
     if wants_async(request):   # queued in the job store; the runner paces the pipeline
-        payload, upload = await read_photo_payload(request, ingress.config.max_body_bytes)
+        payload, upload = await read_photo_payload(body, ingress.config.max_body_bytes)
         return await submit_generate(request, ingress, account, payload, upload)
     async with admitted(ingress, account, started, "generate") as refusal:
         if refusal is not None:
             return refusal
-        payload, upload = await read_photo_payload(request, ingress.config.max_body_bytes)
+        payload, upload = await read_photo_payload(body, ingress.config.max_body_bytes)
         hold, replay = await idempotency.begin(request, lambda: ingress.jobs, account, "generate",
                                                idempotency.fingerprint(payload, upload))
         if replay is not None:
@@ -94,15 +100,15 @@ async def _generate(request: Request, ingress, account: str | None, payload: dic
 
 
 @router.post("/check", response_model=CheckResponse, responses=ERRORS,
-             openapi_extra=json_or_form_body(CheckRequest, "image", "CheckForm"),
              summary="Pre-flight checks of a photo (no generation, no charge)")
-async def check(request: Request, ingress: Ingress, account: Account) -> CheckResponse | JSONResponse:
+async def check(ingress: Ingress, account: Account,
+                body: Annotated[BodyReader, Depends(CHECK_BODY)]) -> CheckResponse | JSONResponse:
     """Face count, coverage, head angle and quality, as generate would see them."""
     started = time.perf_counter()
     async with admitted(ingress, account, started, "check") as refusal:
         if refusal is not None:
             return refusal
-        payload, upload = await read_photo_payload(request, ingress.config.max_body_bytes)
+        payload, upload = await read_photo_payload(body, ingress.config.max_body_bytes)
         req: CheckRequest = parse_request(CheckRequest, payload)
         job = AvatarJob(request_id=AvatarJob.new_request_id(), style="", platform=req.platform, size=0, intensity=0,
                         account=account)
