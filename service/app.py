@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from avatar import __version__
 from service import errors, openapi
-from service.billing import AccountHeaders
+from service.account_headers import AccountHeaders
 from service.routes import account, avatar, batches, files, jobs, ops, styles, webhooks
 
 app = FastAPI(

@@ -101,7 +101,7 @@ async def submit_generate(request: Request, ingress: Any, account: str | None, p
         else:
             source = {"input_id": req.input_id}
         params = spec.params()
-        terms = await ingress.billing.job_terms(request, account, spec.style, spec.platform, [spec.external_id])
+        terms = await ingress.billing.job_terms(account, spec.style, spec.platform, [spec.external_id])
         if terms:
             params["billing"] = {**terms, "external_id": req.external_id}
         job = await asyncio.to_thread(ingress.jobs.create_job, account, GENERATE, params,
@@ -133,7 +133,7 @@ async def submit_batch(request: Request, ingress: Any, account: str, body: BodyR
         webhook_url, events = await webhook_of(payload)
         await _authorize(ingress, account, spec)
         params = spec.params()
-        terms = await ingress.billing.job_terms(request, account, spec.style, spec.platform,
+        terms = await ingress.billing.job_terms(account, spec.style, spec.platform,
                                                 [item.external_id for item in batch.items])
         if terms:
             params["billing"] = terms

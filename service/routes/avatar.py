@@ -19,6 +19,7 @@ from avatar.flow import orchestrator
 from avatar.job import AvatarJob, PhotoInput
 from avatar.vision.imageio import b64decode_image
 from service import memory
+from service.account_headers import note_credits
 from service.dependencies import Account, Ingress
 from service.errors import as_avatar_error, error_response
 from service import idempotency
@@ -71,8 +72,9 @@ async def _generate(request: Request, ingress, account: str | None, payload: dic
     req: GenerateRequest = parse_request(GenerateRequest, payload)
     job = req.spec().job(account=account)
     await ingress.auth.authorize_style(account, job)   # a custom token must be the account's own
+    credits_shown = ingress.billing.config.credits   # 402 below, before any work
     try:
-        charge = await ingress.billing.hold(request, account, job, req.external_id)   # 402 here, before any work
+        charge = note_credits(request, credits_shown, await ingress.billing.hold(account, job, req.external_id))
     except InsufficientCredits as refused:
         await asyncio.to_thread(ingress.telemetry.refused, job, refused.code, _ms(started),
                                 external_id=req.external_id)
@@ -86,13 +88,13 @@ async def _generate(request: Request, ingress, account: str | None, payload: dic
         error = as_avatar_error(exc, timeout)
         if error.status >= 500:
             log.error("request %s failed: %s (%s)", job.request_id, error.message, type(exc).__name__)
-        await ingress.billing.release(request, charge)   # a refused request costs nothing
+        note_credits(request, credits_shown, await ingress.billing.release(charge))   # a refusal costs nothing
         job.input_quality_score = float(error.extra.get("input_quality_score", 0.0))
         await asyncio.to_thread(ingress.telemetry.refused, job, error.code, _ms(started),   # durable first
                                 external_id=req.external_id)
         return error_response(error, job.request_id)
     body = ingress.response(request, done, _ms(started))
-    charge = await ingress.billing.settle(request, charge, done.billable)
+    charge = note_credits(request, credits_shown, await ingress.billing.settle(charge, done.billable))
     await asyncio.to_thread(ingress.telemetry.delivered, done, body.latency_ms,   # on disk before the answer
                             credits=charge.charged if charge else 0, external_id=req.external_id)
     return body
