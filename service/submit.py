@@ -76,8 +76,8 @@ def _accepted(body: dict[str, Any]) -> JSONResponse:
 
 
 # ---------------------------------------------------------------- asynchronous generate
-async def submit_generate(request: Request, ingress: Any, account: str | None, payload: dict[str, Any],
-                          upload: bytes | None) -> JSONResponse:
+async def submit_generate(request: Request, ingress: Any, account: str | None, body: BodyReader,
+                          payload: dict[str, Any], upload: bytes | None) -> JSONResponse:
     """The generate request as a job: 202 with its view; `GET status_url` answers the synchronous body when done."""
     account = require_account(account)
     hold, replay = await idempotency.begin(request, lambda: ingress.jobs, account, "generate_async",
@@ -86,7 +86,7 @@ async def submit_generate(request: Request, ingress: Any, account: str | None, p
         return replay
     async with hold.guard():
         fields = {k: v for k, v in payload.items() if k not in WEBHOOK_FIELDS}
-        req: GenerateRequest = parse_request(GenerateRequest, fields)
+        req: GenerateRequest = body.parse(fields)
         webhook_url, events = await webhook_of(payload)
         spec = req.spec()
         await _authorize(ingress, account, spec)
@@ -128,7 +128,7 @@ async def submit_batch(request: Request, ingress: Any, account: str, body: BodyR
     if replay is not None:
         return replay
     async with hold.guard():
-        batch: BatchRequest = parse_request(BatchRequest, payload)
+        batch: BatchRequest = body.parse(payload)
         spec = batch.spec()
         webhook_url, events = await webhook_of(payload)
         await _authorize(ingress, account, spec)

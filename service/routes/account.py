@@ -17,8 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from avatar.catalog.platforms import BUILTIN_STYLES
-from avatar.contracts import (REQUEST_ID_RE, AccountView, FeedbackRequest, FeedbackView, UsageExport, UsageRow,
-                              parse_request)
+from avatar.contracts import REQUEST_ID_RE, AccountView, FeedbackRequest, FeedbackView, UsageExport, UsageRow
 from avatar.errors import InvalidRequest, NotFound
 from avatar.store.usage import FEEDBACK, MAX_EXPORT_ROWS, read_usage
 from service.dependencies import Ingress, RequiredAccount
@@ -90,7 +89,7 @@ async def feedback(request_id: str, ingress: Ingress, account: RequiredAccount,
     if not REQUEST_ID_RE.match(request_id):
         raise NotFound("no delivered avatar with this request id for this account", field="request_id",
                        code="request_not_found")
-    body: FeedbackRequest = parse_request(FeedbackRequest, (await raw.read(FEEDBACK_MAX_BODY)).fields)
+    body: FeedbackRequest = raw.parse((await raw.read(FEEDBACK_MAX_BODY)).fields)
     saved = await asyncio.to_thread(ingress.billing.feedback.record, account, request_id, body.verdict, body.reason)
     ingress.telemetry.feedback(saved.request_id, account, saved.style, saved.platform, saved.verdict, saved.reason)
     return FeedbackView(request_id=saved.request_id, verdict=saved.verdict, reason=saved.reason, style=saved.style,

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse
 
-from avatar.contracts import CheckRequest, CheckResponse, GenerateRequest, GenerateResponse, JobView, parse_request
+from avatar.contracts import CheckRequest, CheckResponse, GenerateRequest, GenerateResponse, JobView
 from avatar.errors import AvatarError, InsufficientCredits
 from avatar.flow import orchestrator
 from avatar.job import AvatarJob, PhotoInput
@@ -51,7 +51,7 @@ async def generate(request: Request, ingress: Ingress, account: Account,
     started = time.perf_counter()
     if wants_async(request):   # queued in the job store; the runner paces the pipeline
         payload, upload = await read_photo_payload(body, ingress.config.max_body_bytes)
-        return await submit_generate(request, ingress, account, payload, upload)
+        return await submit_generate(request, ingress, account, body, payload, upload)
     async with admitted(ingress, account, started, "generate") as refusal:
         if refusal is not None:
             return refusal
@@ -61,15 +61,14 @@ async def generate(request: Request, ingress: Ingress, account: Account,
         if replay is not None:
             return replay
         async with hold.guard():
-            answer = await _generate(request, ingress, account, payload, upload, started)
+            answer = await _generate(request, ingress, account, body.parse(payload), upload, started)
             await hold.finish(answer)
     memory.release()   # a large body must not leave the ingress at its peak RSS
     return answer
 
 
-async def _generate(request: Request, ingress, account: str | None, payload: dict, upload: bytes | None,
+async def _generate(request: Request, ingress, account: str | None, req: GenerateRequest, upload: bytes | None,
                     started: float) -> GenerateResponse | JSONResponse:
-    req: GenerateRequest = parse_request(GenerateRequest, payload)
     job = req.spec().job(account=account)
     await ingress.auth.authorize_style(account, job)   # a custom token must be the account's own
     credits_shown = ingress.billing.config.credits   # 402 below, before any work
@@ -111,7 +110,7 @@ async def check(ingress: Ingress, account: Account,
         if refusal is not None:
             return refusal
         payload, upload = await read_photo_payload(body, ingress.config.max_body_bytes)
-        req: CheckRequest = parse_request(CheckRequest, payload)
+        req: CheckRequest = body.parse(payload)
         job = AvatarJob(request_id=AvatarJob.new_request_id(), style="", platform=req.platform, size=0, intensity=0,
                         account=account)
         timeout = ingress.config.request_timeout_s
