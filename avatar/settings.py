@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -183,11 +184,35 @@ class SharedSecretMissing(RuntimeError):
     """A secret would be generated per node although state is shared between nodes: start-up must stop."""
 
 
+_built: tuple[tuple[tuple[str, str], ...], Settings] | None = None
+_lock = threading.Lock()
+
+
+def _avatar_environment() -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith("AVATAR_")))
+
+
 def settings() -> Settings:
-    """The settings as the environment holds them now (and the secret files of `AVATAR_SECRETS_DIR`); read at start-up
-    by each component (never per request)."""
-    secrets_dir = os.environ.get("AVATAR_SECRETS_DIR")   # where the other fields are read from: needed first
-    return Settings(_secrets_dir=secrets_dir) if secrets_dir else Settings()
+    """The settings of this process (and the secret files of `AVATAR_SECRETS_DIR`), built once and shared by every
+    caller. They are built again only when the `AVATAR_*` environment differs from the one they were built from (a
+    CLI or a test that sets a variable), or after `reset_settings()` (a secret file changed)."""
+    global _built
+    environment = _avatar_environment()
+    built = _built
+    if built is not None and built[0] == environment:
+        return built[1]
+    with _lock:
+        secrets_dir = os.environ.get("AVATAR_SECRETS_DIR")   # where the other fields are read from: needed first
+        fresh = Settings(_secrets_dir=secrets_dir) if secrets_dir else Settings()
+        _built = (environment, fresh)
+        return fresh
+
+
+def reset_settings() -> None:
+    """Forget the built settings: the next `settings()` reads the environment and the secret files again."""
+    global _built
+    with _lock:
+        _built = None
 
 
 def _secret(value: SecretStr | None) -> bytes:

@@ -95,9 +95,9 @@ class AvatarMaker:
         self.options = BatchOptions(**options)
         self.root = root
         o = self.options
-        self.request = GenerateRequest(input_id="in_" + "x" * 22, style=o.style, platform=o.platform,
-                                       palette=o.palette, background=o.background, resolution=o.resolution,
-                                       style_intensity=o.style_intensity)
+        self.spec = GenerateRequest(input_id="in_" + "x" * 22, style=o.style, platform=o.platform,
+                                    palette=o.palette, background=o.background, resolution=o.resolution,
+                                    style_intensity=o.style_intensity).spec(match_lighting=o.match_lighting)
         self.pipeline = LocalPipeline(configs={"load_photo": {"input_cache": False},
                                                "save_avatar": {"storage_uri": out}})
         self.names: dict[str, str] = {}   # request id -> photo id, for the file names
@@ -110,13 +110,10 @@ class AvatarMaker:
 
     def one(self, data: bytes, path: str) -> dict[str, Any]:
         from avatar.errors import AvatarError
-        from avatar.job import AvatarJob, PhotoInput
-        req, started = self.request, time.perf_counter()
+        from avatar.job import PhotoInput
+        started = time.perf_counter()
         ident = external_id(path, self.root)
-        job = AvatarJob(request_id=AvatarJob.new_request_id(), style=req.resolved_style, platform=req.platform,
-                        size=req.size, intensity=req.resolved_intensity, palette=req.palette,
-                        background=req.background, template=req.template,
-                        match_lighting=self.options.match_lighting)
+        job = self.spec.job(asynchronous=True)   # nobody waits on a connection for a directory batch
         self.names[job.request_id] = ident
         row: dict[str, Any] = {"external_id": ident, "source": path, "state": "failed", "output": None,
                                "error_code": None, "error_message": None, "likeness": None, "billable": False,

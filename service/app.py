@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from avatar import __version__
 from service import errors, openapi
-from service.billing import AccountHeaders
+from service.account_headers import AccountHeaders
 from service.routes import account, avatar, batches, files, jobs, ops, styles, webhooks
 
 app = FastAPI(
@@ -22,9 +22,10 @@ app = FastAPI(
     docs_url="/docs",
     redoc_url=None,
 )
-for router in (avatar.router, jobs.router, batches.router, webhooks.router, styles.router, account.router, files.router,
-               ops.router):
+ROUTERS = (avatar.router, jobs.router, batches.router, webhooks.router, styles.router, account.router, files.router,
+           ops.router)
+for router in ROUTERS:
     app.include_router(router)
 app.add_middleware(AccountHeaders)
 errors.install(app)
-openapi.install(app)
+openapi.install(app, ROUTERS)

@@ -5,8 +5,9 @@
   key when the operator limits those) before the route runs; over the limit it raises 429 with Retry-After.
 - Credits: `hold` takes an avatar's price before any work (402 `insufficient_credits` when short); `settle` keeps it
   for a billable avatar and gives it back otherwise; `release` gives it back for a refused request.
-The decisions are left on the request's state; `AccountHeaders` writes them onto every answer as `X-RateLimit-*` and
-`X-Credits-*` headers (error answers included). Every database call runs in a worker thread.
+Billing knows accounts, not HTTP: it answers its decisions (a `RateCheck`, a `Charge`) and the routes put them on
+the answer's `X-RateLimit-*` and `X-Credits-*` headers (`service.account_headers`). Every database call runs in a
+worker thread.
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ import asyncio
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
-
-from fastapi import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from avatar.billing import AccountsConfig, Plan
 from avatar.contracts import is_style_token
@@ -33,7 +32,14 @@ log = logging.getLogger("avatar.billing")
 
 PLAN_CACHE_S = 30.0          # an account's plan is looked up at most this often per replica
 STALE_SWEEP_S = 300.0        # how often a replica gives back holds of requests whose replica died
-RATE_STATE, CREDIT_STATE = "rate_limit", "credits"
+
+
+@dataclass(frozen=True)
+class RateCheck:
+    """A rate-limit decision as the answer's headers show it, and the 429 to answer when over the limit."""
+
+    decision: RateDecision
+    refusal: TooManyRequests | None = None
 
 
 class Billing:
@@ -75,49 +81,41 @@ class Billing:
         return self.config.plan(cached[1])
 
     # ------------------------------------------------------------ rate limits
-    async def limit(self, request: Request, account: str | None) -> RateDecision | None:
-        """Spend one request of the caller's bucket; TooManyRequests (429) when it is empty."""
+    async def limit(self, account: str | None, client: str | None) -> RateCheck | None:
+        """Spend one request of the caller's bucket (its account, else its client address); None when no limit
+        applies. Over the limit, the check carries its 429."""
         if not self.config.rate_limits:
             return None
         if account is None:
             plan = self.config.anonymous
             if plan is None:
                 return None
-            bucket = f"anon:{request.client.host if request.client else 'unknown'}"
+            bucket = f"anon:{client or 'unknown'}"
         else:
             plan = await asyncio.to_thread(self.plan, account)
             bucket = f"acct:{account}"
         decision = await asyncio.to_thread(RateLimiter(self.db).take, bucket, plan.rate_per_s, plan.burst)
-        request.state.rate_limit = decision
-        if not decision.allowed:
-            retry = max(1, int(decision.retry_after_s + 0.999))
-            raise TooManyRequests(f"rate limit of {plan.requests_per_minute:g} requests per minute (bursts of "
-                                  f"{plan.burst}) reached; retry in {retry} s", field="authorization",
-                                  code="rate_limited", extra={"retry_after_s": retry})
-        return decision
+        if decision.allowed:
+            return RateCheck(decision)
+        retry = max(1, int(decision.retry_after_s + 0.999))
+        return RateCheck(decision, TooManyRequests(
+            f"rate limit of {plan.requests_per_minute:g} requests per minute (bursts of {plan.burst}) reached; "
+            f"retry in {retry} s", field="authorization", code="rate_limited", extra={"retry_after_s": retry}))
 
     # ------------------------------------------------------------ credits
-    async def hold(self, request: Request | None, account: str | None, job: AvatarJob,
-                   external_id: str | None = None) -> Charge | None:
-        """Record the account's request and hold its price (0 when credits are off); 402 when the balance is short.
-        Calls without an account are neither recorded nor charged."""
+    async def hold(self, account: str | None, job: AvatarJob, external_id: str | None = None) -> Charge | None:
+        """Record the account's request and hold its price (0 when credits are off); 402 when the balance is short
+        (its `credits_remaining` is the balance). Calls without an account are neither recorded nor charged."""
         if account is None:
             return None
         plan = await asyncio.to_thread(self.plan, account)
         price = plan.cost(job.style, is_style_token(job.style)) if self.config.credits else 0
         seat_price = plan.seat_credits if self.config.credits else None
         self._maybe_sweep()
-        try:
-            charge = await asyncio.to_thread(self.ledger.hold, account, job.request_id, job.style, job.platform,
-                                             price, external_id, seat_price, plan.seat_s)
-        except InsufficientCredits as exc:
-            if request is not None:
-                request.state.credits = _Refused(int(exc.extra.get("credits_remaining", 0)))
-            raise
-        self._note(request, charge)
-        return charge
+        return await asyncio.to_thread(self.ledger.hold, account, job.request_id, job.style, job.platform, price,
+                                       external_id, seat_price, plan.seat_s)
 
-    async def job_terms(self, request: Request, account: str, style: str, platform: str,
+    async def job_terms(self, account: str, style: str, platform: str,
                         external_ids: list[str | None]) -> dict[str, Any]:
         """The credit terms a job's items are charged on when they run (fixed when the job is accepted); price 0 when
         credits are off, so each item is still recorded as the account's avatar, as a synchronous request is (its
@@ -137,35 +135,24 @@ class Billing:
                 needed += price
         balance = await asyncio.to_thread(self.ledger.balance, account)
         if balance < needed:
-            request.state.credits = _Refused(balance)
             raise InsufficientCredits(f"this job costs up to {needed} credits and the account has {balance}",
                                       field="credits", extra={"credits_required": needed,
                                                               "credits_remaining": balance})
         return {"price": price, "seat_price": plan.seat_credits, "seat_s": plan.seat_s}
 
-    async def settle(self, request: Request | None, charge: Charge | None, billable: bool) -> Charge | None:
+    async def settle(self, charge: Charge | None, billable: bool) -> Charge | None:
         if charge is None:
             return None
-        charge = await asyncio.to_thread(self.ledger.settle, charge.request_id, billable)
-        self._note(request, charge)
-        return charge
+        return await asyncio.to_thread(self.ledger.settle, charge.request_id, billable)
 
-    async def release(self, request: Request | None, charge: Charge | None) -> Charge | None:
+    async def release(self, charge: Charge | None) -> Charge | None:
         if charge is None:
             return None
         try:
-            charge = await asyncio.to_thread(self.ledger.release, charge.request_id)
+            return await asyncio.to_thread(self.ledger.release, charge.request_id)
         except Exception:  # noqa: BLE001 - the stale-hold sweep gives it back later
             log.exception("could not release the hold of %s", charge.request_id)
             return charge
-        self._note(request, charge)
-        return charge
-
-    def _note(self, request: Request | None, charge: Charge) -> None:
-        """The charge as the answer's headers will show it (`request` is None for work without an HTTP answer:
-        batch items)."""
-        if self.config.credits and request is not None:
-            request.state.credits = charge
 
     def _maybe_sweep(self) -> None:
         if time.monotonic() - self._last_sweep < STALE_SWEEP_S:
@@ -181,43 +168,3 @@ class Billing:
             except Exception:  # noqa: BLE001 - retried at the next sweep
                 log.exception("stale hold sweep failed")
         threading.Thread(target=sweep, name="stale-holds", daemon=True).start()
-
-
-class _Refused:
-    """The credits state of a request refused for its balance: nothing charged, the balance as it is."""
-
-    def __init__(self, balance: int) -> None:
-        self.charged, self.held, self.balance = 0, 0, balance
-
-
-def credit_headers(charge: Any) -> dict[str, str]:
-    """`X-Credits-Charged` (final, or held while the request runs) and `X-Credits-Remaining`."""
-    return {"X-Credits-Charged": str(charge.charged or charge.held), "X-Credits-Remaining": str(charge.balance)}
-
-
-class AccountHeaders:
-    """ASGI middleware: the request's rate-limit and credit decisions as headers on whatever answer it gets."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                state = scope.get("state") or {}
-                extra: dict[str, str] = {}
-                if state.get(RATE_STATE) is not None:
-                    extra.update(state[RATE_STATE].headers())
-                if state.get(CREDIT_STATE) is not None:
-                    extra.update(credit_headers(state[CREDIT_STATE]))
-                if extra:
-                    message = dict(message)
-                    message["headers"] = [*message.get("headers", []),
-                                          *((k.lower().encode(), v.encode()) for k, v in extra.items())]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from ray import serve
 
 from avatar.errors import Forbidden, Unauthorized
+from service.account_headers import note_rate
 from service.auth import bearer_key
 
 
@@ -28,14 +29,18 @@ async def caller_account(request: Request, ingress: Ingress) -> str | None:
         account = await ingress.auth.require(request.headers)
     else:
         account = await ingress.auth.account(request.headers)
-    await ingress.billing.limit(request, account)
+    await _limit(request, ingress, account)
     return account
+
+
+async def _limit(request: Request, ingress: Any, account: str | None) -> None:
+    note_rate(request, await ingress.billing.limit(account, request.client.host if request.client else None))
 
 
 async def required_account(request: Request, ingress: Ingress) -> str:
     """The account of the request's API key; 401 without a valid one; 429 over its rate limit."""
     account = await ingress.auth.require(request.headers)
-    await ingress.billing.limit(request, account)
+    await _limit(request, ingress, account)
     return account
 
 

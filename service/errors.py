@@ -19,8 +19,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from avatar.contracts import validation_error
-from avatar.errors import AvatarError, InternalError, InvalidRequest, StageFailed
+from avatar.errors import AvatarError, InsufficientCredits, InternalError, InvalidRequest, StageFailed
 from avatar.job import AvatarJob
+from service.account_headers import note_refused
 
 log = logging.getLogger("avatar.http")
 
@@ -77,7 +78,9 @@ def install(app: FastAPI) -> None:
     """The app's exception handlers: every answer, routing errors and crashes included, is the JSON error shape."""
 
     @app.exception_handler(AvatarError)
-    async def _avatar(_: Request, exc: AvatarError) -> JSONResponse:
+    async def _avatar(request: Request, exc: AvatarError) -> JSONResponse:
+        if isinstance(exc, InsufficientCredits):   # a 402 shows the balance it found
+            note_refused(request, exc)
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field as dc_field
 from typing import Any
+
+from pydantic import BaseModel
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from avatar.contracts import parse_request
 from avatar.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 JSON_TYPES = ("application/json", "")
@@ -71,34 +75,80 @@ async def read_form(request: Request, max_bytes: int, max_files: int, field: str
                              code="invalid_multipart", status=400) from None
 
 
-async def read_photo_payload(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes | None]:
-    """JSON object or multipart form: the fields, and the `image` file part's bytes when one was uploaded."""
-    ctype = content_type(request)
-    if ctype == "multipart/form-data":
-        return await _photo_form(request, max_bytes)
-    if ctype not in JSON_TYPES:
-        raise UnsupportedMediaType(f"content-type {ctype!r} is not supported; send application/json or "
-                                   "multipart/form-data", field="content-type", code="unsupported_content_type")
-    payload = await read_json(request, max_bytes, empty_hint="send a JSON object with 'image' or 'image_url'")
-    return payload, None
+@dataclass(frozen=True)
+class BodyOf:
+    """A route's request body: `model` as JSON or, with `file_field`, as a multipart form whose file parts are all
+    named `file_field`. As a FastAPI dependency it answers a `BodyReader` (the body is read when the route asks:
+    after admission, under the route's cap); `service.openapi` derives the route's request body from it."""
+
+    model: type[BaseModel]
+    file_field: str | None = None
+    noun: str = "the file"              # what the file parts are, for the 422 on a part of another name
+    cap_field: str | None = None        # the field a 413 names
+    empty_hint: str = "send a JSON object"
+
+    def __call__(self, request: Request) -> "BodyReader":
+        return BodyReader(self, request)
 
 
-async def _photo_form(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes | None]:
-    form = await read_form(request, max_bytes, max_files=1)
+@dataclass
+class Payload:
+    """A body as read: its fields (JSON object or form fields) and its file parts (file name, bytes), in order."""
+
+    fields: dict[str, Any]
+    files: list[tuple[str | None, bytes]] = dc_field(default_factory=list)
+    multipart: bool = False
+
+
+@dataclass
+class BodyReader:
+    body: BodyOf
+    request: Request
+
+    async def read(self, max_bytes: int, *, max_files: int = 1, json_max_bytes: int | None = None) -> Payload:
+        """JSON object or (when the body takes files) multipart form, refused with 413 past the cap."""
+        spec, ctype = self.body, content_type(self.request)
+        if spec.file_field is not None:
+            if ctype == "multipart/form-data":
+                fields, files = await read_parts(self.request, max_bytes, max_files, spec.file_field, spec.noun,
+                                                 spec.cap_field)
+                return Payload(fields, files, multipart=True)
+            if ctype not in JSON_TYPES:
+                raise UnsupportedMediaType(f"content-type {ctype!r} is not supported; send application/json or "
+                                           "multipart/form-data", field="content-type",
+                                           code="unsupported_content_type")
+        return Payload(await read_json(self.request, json_max_bytes or max_bytes, empty_hint=spec.empty_hint))
+
+    def parse(self, fields: dict[str, Any]) -> Any:
+        """The fields as the body's model; the first problem is a 422 naming its field."""
+        return parse_request(self.body.model, fields)
+
+
+async def read_parts(request: Request, max_bytes: int, max_files: int, file_field: str, noun: str,
+                     cap_field: str | None = None) -> tuple[dict[str, Any], list[tuple[str | None, bytes]]]:
+    """The one multipart-to-fields loop: text fields by name, `file_field` file parts in order; another file part
+    is a 422."""
+    form = await read_form(request, max_bytes, max_files=max_files, field=cap_field)
     fields: dict[str, Any] = {}
-    upload: bytes | None = None
+    files: list[tuple[str | None, bytes]] = []
     try:
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
-                if key != "image":
-                    raise InvalidRequest(f"unexpected file part {key!r}; upload the photo as 'image'", field=key)
-                upload = await value.read()
+                if key != file_field:
+                    raise InvalidRequest(f"unexpected file part {key!r}; upload {noun} as {file_field!r}", field=key)
+                files.append((value.filename, await value.read()))
             else:
                 fields[key] = value
     finally:
         await form.close()
-    if upload is not None:
-        if "image" in fields:
-            raise InvalidRequest("send 'image' once, as a file part or a field", field="image")
-        fields["image"] = ""   # placeholder: the bytes travel beside the validated fields
-    return fields, upload
+    return fields, files
+
+
+async def read_photo_payload(body: BodyReader, max_bytes: int) -> tuple[dict[str, Any], bytes | None]:
+    """JSON object or multipart form: the fields, and the `image` file part's bytes when one was uploaded."""
+    payload = await body.read(max_bytes)
+    if not payload.files:
+        return payload.fields, None
+    if "image" in payload.fields:
+        raise InvalidRequest("send 'image' once, as a file part or a field", field="image")
+    return {**payload.fields, "image": ""}, payload.files[0][1]   # placeholder: the bytes travel beside the fields

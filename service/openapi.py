@@ -1,21 +1,23 @@
-"""What FastAPI cannot infer for the OpenAPI document: bodies read by hand (JSON *or* multipart) and their schemas.
+"""What FastAPI cannot infer for the OpenAPI document: bodies read through `service.http.BodyOf` (JSON *or*
+multipart, under a cap) and the headers routes read by hand.
 
-Routes that accept a photo as JSON or as an upload parse the body themselves (one capped reader for both), so their
-request body is declared here from the same pydantic models that validate it, and those models are added to the
-document's components.
+A route declares its body once, as a `BodyOf` dependency carrying the pydantic model that validates it; the
+document's request body (JSON, and the multipart form when the body takes files) is derived from that dependency
+for every route here, and the models are added to the document's components.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel
+from fastapi.routing import APIRoute
 
 from avatar.contracts import ErrorResponse
-
-_BODY_MODELS: list[type[BaseModel]] = []
+from service.http import BodyOf
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text} for status, text in (
@@ -36,44 +38,54 @@ PREFER_ASYNC = {"name": "Prefer", "in": "header", "required": False, "schema": {
                 "description": "`respond-async`: answer 202 with a job instead of waiting (API key required)."}
 
 
-def with_headers(extra: dict[str, Any], *headers: dict[str, Any]) -> dict[str, Any]:
+def with_headers(*headers: dict[str, Any]) -> dict[str, Any]:
     """`openapi_extra` with request headers the route reads by hand (Idempotency-Key, Prefer)."""
-    return {**extra, "parameters": [*extra.get("parameters", []), *headers]}
+    return {"parameters": list(headers)}
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra` of a route whose JSON body is validated by hand against `model`."""
-    _BODY_MODELS.append(model)
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": _ref(model.__name__)}}}}
+def request_body(body: BodyOf) -> dict[str, Any]:
+    """The OpenAPI request body of a `BodyOf`: its model as JSON, and as a form whose file field is binary."""
+    content: dict[str, Any] = {"application/json": {"schema": _ref(body.model.__name__)}}
+    if body.file_field is not None:
+        props = dict(body.model.model_json_schema(ref_template="#/components/schemas/{model}").get("properties", {}))
+        props[body.file_field] = {"type": "string", "format": "binary", "description": f"{body.noun} (file parts)"}
+        title = body.model.__name__.removesuffix("Request") + "Form"
+        content["multipart/form-data"] = {"schema": {"title": title, "type": "object", "properties": props}}
+    return {"required": True, "content": content}
 
 
-def json_or_form_body(model: type[BaseModel], file_field: str, form_name: str) -> dict[str, Any]:
-    """`openapi_extra` of a route taking `model` as JSON or as a multipart form whose `file_field` is a file part."""
-    extra = json_body(model)
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    props = dict(schema.get("properties", {}))
-    props[file_field] = {"type": "string", "format": "binary", "description": f"the {file_field} file"}
-    form = {"title": form_name, "type": "object", "properties": props}
-    extra["requestBody"]["content"]["multipart/form-data"] = {"schema": form}
-    return extra
+def _bodies(dependant: Dependant) -> list[BodyOf]:
+    found = [d.call for d in dependant.dependencies if isinstance(d.call, BodyOf)]
+    return found + [b for d in dependant.dependencies for b in _bodies(d)]
 
 
-def install(app: FastAPI) -> None:
+def _add_bodies(doc: dict[str, Any], routers: Sequence[APIRouter]) -> None:
+    """Each route's `BodyOf` as its request body, and its model in the components (the routers' own routes:
+    their paths carry the prefix, and the app adds none)."""
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for route in (r for router in routers for r in router.routes):
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue
+        for body in _bodies(route.dependant)[:1]:
+            for method in route.methods:
+                doc["paths"][route.path_format][method.lower()]["requestBody"] = request_body(body)
+            schema = body.model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[body.model.__name__] = schema
+
+
+def install(app: FastAPI, routers: Sequence[APIRouter]) -> None:
     """Generate the document once, adding the hand-read body models to its components."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
                               tags=app.openapi_tags)
-            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-            for model in _BODY_MODELS:
-                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                schemas.update(schema.pop("$defs", {}))
-                schemas[model.__name__] = schema
+            _add_bodies(doc, routers)
             doc["components"]["securitySchemes"] = {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "Account API key (avk_...)"}}
             doc["security"] = [{}, {"apiKey": []}]

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from avatar.deliverables import Member, avatars_zip, contact_sheet
-from avatar.engines.template import OutputTemplate
 from avatar.errors import InvalidRequest, NotFound
 from avatar.flow import orchestrator
 from avatar.job import AvatarJob, PhotoInput
 from avatar.settings import settings
+from avatar.spec import AvatarSpec
 from avatar.store.fetch import FetchPolicy
 from avatar.store.credits import Ledger
 from avatar.store.jobs import BATCH, CANCELED, FAILED, SUCCEEDED, ItemRecord, JobRecord, JobStore
@@ -344,14 +344,9 @@ class JobWorker:
 
     @staticmethod
     def avatar_job(job: JobRecord, item: ItemRecord) -> AvatarJob:
-        p = job.params
-        template = p.get("template")
-        if template and template.get("border_color") is not None:
-            template = {**template, "border_color": tuple(template["border_color"])}
-        return AvatarJob(request_id=item.request_id, style=p["style"], platform=p["platform"], size=p["size"],
-                         intensity=p["intensity"], palette=p.get("palette"), background=p.get("background"),
-                         template=OutputTemplate(**template) if template else None, account=job.account,
-                         match_lighting=bool(p.get("match_lighting")))
+        """The item's job from the job's stored spec (`avatar.spec.AvatarSpec`); nobody waits on it."""
+        return AvatarSpec.model_validate(job.params).job(request_id=item.request_id, account=job.account,
+                                                         asynchronous=True)
 
     def source(self, item: ItemRecord) -> PhotoInput:
         src = item.source

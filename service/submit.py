@@ -10,26 +10,24 @@ Uploaded photos are kept in storage only until their item is done.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from pathlib import PurePath
 from typing import Any
 
 from fastapi import Request
-from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from avatar.contracts import BatchRequest, GenerateRequest, WebhookFields, parse_request
 from avatar.errors import AvatarError, InvalidRequest, Unauthorized
-from avatar.job import AvatarJob
 from avatar.settings import settings
+from avatar.spec import AvatarSpec
 from avatar.store.fetch import FetchPolicy
 from avatar.store.jobs import BATCH, GENERATE, new_job_id
 from avatar.vision.imageio import b64decode_image
 from avatar.webhooks import check_events, check_webhook_url
 from service import idempotency
 from service.answers import job_view, status_url
-from service.http import JSON_TYPES, content_type, read_form, read_json
+from service.http import BodyReader, Payload
 from service.runner import upload_key
 
 WEBHOOK_FIELDS = ("webhook_url", "webhook_events")
@@ -68,16 +66,8 @@ async def webhook_of(fields: dict[str, Any]) -> tuple[str | None, list[str]]:
     return spec.webhook_url, filt
 
 
-def _params(req: GenerateRequest, match_lighting: bool = False) -> dict[str, Any]:
-    """What the runner needs to rebuild the job: the resolved generate parameters and the output template."""
-    return {"style": req.resolved_style, "platform": req.platform, "size": req.size,
-            "intensity": req.resolved_intensity, "palette": req.palette, "background": req.background,
-            "template": dataclasses.asdict(req.template), "match_lighting": match_lighting}
-
-
-async def _authorize(ingress: Any, account: str, req: GenerateRequest) -> None:
-    probe = AvatarJob(request_id="", style=req.resolved_style, platform=req.platform, size=req.size, intensity=0)
-    await ingress.auth.authorize_style(account, probe)
+async def _authorize(ingress: Any, account: str, spec: AvatarSpec) -> None:
+    await ingress.auth.authorize_style(account, spec.job(request_id=""))
 
 
 def _accepted(body: dict[str, Any]) -> JSONResponse:
@@ -86,8 +76,8 @@ def _accepted(body: dict[str, Any]) -> JSONResponse:
 
 
 # ---------------------------------------------------------------- asynchronous generate
-async def submit_generate(request: Request, ingress: Any, account: str | None, payload: dict[str, Any],
-                          upload: bytes | None) -> JSONResponse:
+async def submit_generate(request: Request, ingress: Any, account: str | None, body: BodyReader,
+                          payload: dict[str, Any], upload: bytes | None) -> JSONResponse:
     """The generate request as a job: 202 with its view; `GET status_url` answers the synchronous body when done."""
     account = require_account(account)
     hold, replay = await idempotency.begin(request, lambda: ingress.jobs, account, "generate_async",
@@ -96,9 +86,10 @@ async def submit_generate(request: Request, ingress: Any, account: str | None, p
         return replay
     async with hold.guard():
         fields = {k: v for k, v in payload.items() if k not in WEBHOOK_FIELDS}
-        req: GenerateRequest = parse_request(GenerateRequest, fields)
+        req: GenerateRequest = body.parse(fields)
         webhook_url, events = await webhook_of(payload)
-        await _authorize(ingress, account, req)
+        spec = req.spec()
+        await _authorize(ingress, account, spec)
         job_id = new_job_id()
         source: dict[str, Any] = {"cache": req.cache_input}
         data = upload if upload is not None else (b64decode_image(req.image) if req.image is not None else None)
@@ -109,9 +100,8 @@ async def submit_generate(request: Request, ingress: Any, account: str | None, p
             source["url"] = req.image_url
         else:
             source = {"input_id": req.input_id}
-        params = _params(req)
-        terms = await ingress.billing.job_terms(request, account, req.resolved_style, req.platform,
-                                                [req.external_id])
+        params = spec.params()
+        terms = await ingress.billing.job_terms(account, spec.style, spec.platform, [spec.external_id])
         if terms:
             params["billing"] = {**terms, "external_id": req.external_id}
         job = await asyncio.to_thread(ingress.jobs.create_job, account, GENERATE, params,
@@ -124,18 +114,11 @@ async def submit_generate(request: Request, ingress: Any, account: str | None, p
 
 
 # ---------------------------------------------------------------- team batches
-async def submit_batch(request: Request, ingress: Any, account: str) -> JSONResponse:
+async def submit_batch(request: Request, ingress: Any, account: str, body: BodyReader) -> JSONResponse:
     """A team batch: JSON items (image, image_url or input_id each) or multipart `images` files."""
     limits = ingress.config.batches
-    ctype = content_type(request)
-    if ctype == "multipart/form-data":
-        payload, uploads = await _batch_form(request, limits.max_upload_bytes, limits.max_items)
-    elif ctype in JSON_TYPES:
-        payload = await read_json(request, limits.max_upload_bytes, empty_hint="send a JSON object with 'items'")
-        uploads = {}
-    else:
-        raise AvatarError(f"content-type {ctype!r} is not supported; send application/json or multipart/form-data",
-                          field="content-type", code="unsupported_content_type", status=415)
+    read = await body.read(limits.max_upload_bytes, max_files=limits.max_items + 1)
+    payload, uploads = _batch_form(read) if read.multipart else (read.fields, {})
     items = payload.get("items")
     if isinstance(items, list) and len(items) > limits.max_items:
         raise InvalidRequest(f"a batch takes at most {limits.max_items} items; this one has {len(items)}",
@@ -145,12 +128,12 @@ async def submit_batch(request: Request, ingress: Any, account: str) -> JSONResp
     if replay is not None:
         return replay
     async with hold.guard():
-        batch: BatchRequest = parse_request(BatchRequest, payload)
-        look = batch.look()
+        batch: BatchRequest = body.parse(payload)
+        spec = batch.spec()
         webhook_url, events = await webhook_of(payload)
-        await _authorize(ingress, account, look)
-        params = _params(look, batch.match_lighting)
-        terms = await ingress.billing.job_terms(request, account, look.resolved_style, look.platform,
+        await _authorize(ingress, account, spec)
+        params = spec.params()
+        terms = await ingress.billing.job_terms(account, spec.style, spec.platform,
                                                 [item.external_id for item in batch.items])
         if terms:
             params["billing"] = terms
@@ -190,24 +173,12 @@ def _store_sources(storage: Any, job_id: str, batch: BatchRequest,
     return sources
 
 
-async def _batch_form(request: Request, max_bytes: int, max_items: int) -> tuple[dict[str, Any], dict[int, bytes]]:
+def _batch_form(read: Payload) -> tuple[dict[str, Any], dict[int, bytes]]:
     """Multipart: `images` file parts (each member's external id is the file name without its extension, or the
     `external_ids` field's JSON list, in order) and the shared fields."""
-    form = await read_form(request, max_bytes, max_files=max_items + 1, field="images")
-    fields: dict[str, Any] = {}
-    names: list[str] = []
-    uploads: dict[int, bytes] = {}
-    try:
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key != "images":
-                    raise InvalidRequest(f"unexpected file part {key!r}; upload the photos as 'images'", field=key)
-                uploads[len(names)] = await value.read()
-                names.append(PurePath(value.filename or f"item_{len(names)}").stem or f"item_{len(names)}")
-            else:
-                fields[key] = value
-    finally:
-        await form.close()
+    fields = dict(read.fields)
+    uploads = {i: data for i, (_, data) in enumerate(read.files)}
+    names = [PurePath(name or f"item_{i}").stem or f"item_{i}" for i, (name, _) in enumerate(read.files)]
     if not names:
         raise InvalidRequest("no 'images' file parts in the upload", field="images", code="missing_images")
     if "external_ids" in fields:

@@ -208,3 +208,22 @@ def test_feedback_only_on_own_delivered_avatars_and_rates(db, ledger, account):
     assert rates["by_style"]["custom"] == {"accepted": 1, "declined": 0, "decline_rate": 0.0}
     assert rates["by_platform"]["discord"]["decline_rate"] == 1.0
     assert rates["by_style_platform"]["cartoon/slack"] == {"accepted": 1, "declined": 1, "decline_rate": 0.5}
+
+
+def test_billing_answers_its_rate_decisions_without_an_http_request(tmp_path):
+    """Billing is a domain service: it takes an account or a client address and answers a RateCheck (the
+    decision for the headers, and the 429 over the limit) instead of writing a request's state."""
+    import asyncio
+
+    from avatar.billing import AccountsConfig, Plan
+    from avatar.errors import TooManyRequests
+    from service.billing import Billing, RateCheck
+
+    billing = Billing(f"sqlite:///{tmp_path / 'db.sqlite3'}",
+                      AccountsConfig(anonymous=Plan(requests_per_minute=1, burst=2)))
+    checks = [asyncio.run(billing.limit(None, "203.0.113.9")) for _ in range(3)]
+    assert all(isinstance(c, RateCheck) for c in checks)
+    assert [c.decision.allowed for c in checks] == [True, True, False]
+    assert checks[0].refusal is None and isinstance(checks[2].refusal, TooManyRequests)
+    assert checks[2].refusal.code == "rate_limited"
+    assert asyncio.run(billing.limit(None, "203.0.113.10")).decision.allowed   # another address, another bucket

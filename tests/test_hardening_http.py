@@ -163,6 +163,28 @@ def test_hostile_training_epochs_get_422(make_ingress, epochs):
     assert resp.status_code == 422 and resp.json()["error"]["field"] == "epochs", resp.text
 
 
+@pytest.mark.parametrize("files, code, field", [
+    ({"photo": ("a.png", b"x")}, "invalid_request", "photo"),     # a file part of another name
+    ({"name": (None, "only a field")}, "missing_images", "images"),
+])
+def test_training_uploads_are_read_by_the_one_multipart_reader(make_ingress, files, code, field):
+    from avatar.store.accounts import open_account_store
+    client = make_ingress(_unused).client
+    _, key = open_account_store().create_account("Acme")
+    resp = client.post("/v1/styles", files=files, headers={"authorization": f"Bearer {key}"})
+    assert resp.status_code == 422 and resp.json()["error"]["field"] == field, resp.text
+    assert resp.json()["error"]["code"] == code
+
+
+def test_training_takes_json_or_multipart_only(make_ingress):
+    from avatar.store.accounts import open_account_store
+    client = make_ingress(_unused).client
+    _, key = open_account_store().create_account("Acme")
+    resp = client.post("/v1/styles", content=b"images_uri=x",
+                       headers={"authorization": f"Bearer {key}", "content-type": "application/x-www-form-urlencoded"})
+    assert resp.status_code == 415 and resp.json()["error"]["code"] == "unsupported_content_type"
+
+
 def test_decode_errors_carry_no_heap_addresses():
     from avatar.errors import AvatarError
     from avatar.vision.imageio import decode_photo

@@ -100,3 +100,17 @@ def test_the_ingress_replica_refuses_too(monkeypatch):
 def test_settings_type_is_frozen():
     with pytest.raises(Exception):
         Settings().database_url = "x"   # type: ignore[misc]
+
+
+def test_settings_are_built_once_per_environment(tmp_path, monkeypatch):
+    """Built once and shared (they were rebuilt on every call, some per request); a changed AVATAR_* variable or
+    an explicit reset builds them again."""
+    from avatar.settings import reset_settings
+    monkeypatch.setenv("AVATAR_DATA_DIR", str(tmp_path / "a"))
+    first = settings()
+    assert settings() is first
+    monkeypatch.setenv("AVATAR_DATA_DIR", str(tmp_path / "b"))
+    second = settings()
+    assert second is not first and second.data_dir == tmp_path / "b"
+    reset_settings()
+    assert settings() is not second and settings() == second

@@ -45,11 +45,7 @@ class LocalPipeline:
         self.close()
 
     def generate(self, request: GenerateRequest, source: PhotoInput) -> AvatarJob:
-        job = AvatarJob(request_id=AvatarJob.new_request_id(), style=request.resolved_style,
-                        platform=request.platform, size=request.size, intensity=request.resolved_intensity,
-                        palette=request.palette, background=request.background, template=request.template,
-                        quality=request.quality)
-        return self.run(job, source)
+        return self.run(request.spec().job(), source)
 
     def run(self, job: AvatarJob, source: PhotoInput) -> AvatarJob:
         """The flow for a job built by the caller (batches set team options on it)."""

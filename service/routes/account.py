@@ -11,19 +11,18 @@ import asyncio
 import csv
 import io
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from avatar.catalog.platforms import BUILTIN_STYLES
-from avatar.contracts import (REQUEST_ID_RE, AccountView, FeedbackRequest, FeedbackView, UsageExport, UsageRow,
-                              parse_request)
+from avatar.contracts import REQUEST_ID_RE, AccountView, FeedbackRequest, FeedbackView, UsageExport, UsageRow
 from avatar.errors import InvalidRequest, NotFound
 from avatar.store.usage import FEEDBACK, MAX_EXPORT_ROWS, read_usage
 from service.dependencies import Ingress, RequiredAccount
-from service.http import read_json
-from service.openapi import ERRORS, json_body
+from service.http import BodyOf, BodyReader
+from service.openapi import ERRORS
 
 router = APIRouter(tags=["account"])
 
@@ -77,16 +76,20 @@ async def usage(request: Request, ingress: Ingress, account: RequiredAccount,
             "billable": sum(bool(r["billable"]) for r in rows), "credits": sum(r["credits"] for r in rows)}})
 
 
+FEEDBACK_BODY = BodyOf(FeedbackRequest)
+
+
 @router.post("/v1/avatar/{request_id}/feedback", response_model=FeedbackView, responses=ERRORS,
-             openapi_extra=json_body(FeedbackRequest), tags=["avatar"],
+             tags=["avatar"],
              summary="Report whether the user kept (accepted) or declined a delivered avatar")
-async def feedback(request_id: str, request: Request, ingress: Ingress, account: RequiredAccount) -> FeedbackView:
+async def feedback(request_id: str, ingress: Ingress, account: RequiredAccount,
+                   raw: Annotated[BodyReader, Depends(FEEDBACK_BODY)]) -> FeedbackView:
     """A later report on the same avatar replaces the earlier one. Decline rates by style and platform are in
     `/v1/stats` and in the usage log."""
     if not REQUEST_ID_RE.match(request_id):
         raise NotFound("no delivered avatar with this request id for this account", field="request_id",
                        code="request_not_found")
-    body: FeedbackRequest = parse_request(FeedbackRequest, await read_json(request, FEEDBACK_MAX_BODY))
+    body: FeedbackRequest = raw.parse((await raw.read(FEEDBACK_MAX_BODY)).fields)
     saved = await asyncio.to_thread(ingress.billing.feedback.record, account, request_id, body.verdict, body.reason)
     ingress.telemetry.feedback(saved.request_id, account, saved.style, saved.platform, saved.verdict, saved.reason)
     return FeedbackView(request_id=saved.request_id, verdict=saved.verdict, reason=saved.reason, style=saved.style,

@@ -8,34 +8,41 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse
 
-from avatar.contracts import CheckRequest, CheckResponse, GenerateRequest, GenerateResponse, JobView, parse_request
+from avatar.contracts import CheckRequest, CheckResponse, GenerateRequest, GenerateResponse, JobView
 from avatar.errors import AvatarError, InsufficientCredits
 from avatar.flow import orchestrator
 from avatar.job import AvatarJob, PhotoInput
 from avatar.vision.imageio import b64decode_image
 from service import memory
+from service.account_headers import note_credits
 from service.dependencies import Account, Ingress
 from service.errors import as_avatar_error, error_response
 from service import idempotency
-from service.http import read_photo_payload
-from service.openapi import ERRORS, IDEMPOTENCY_KEY, PREFER_ASYNC, json_or_form_body, with_headers
+from service.http import BodyOf, BodyReader, read_photo_payload
+from service.openapi import ERRORS, IDEMPOTENCY_KEY, PREFER_ASYNC, with_headers
 from service.submit import submit_generate, wants_async
 
 log = logging.getLogger("avatar.routes")
 
 router = APIRouter(prefix="/v1/avatar", tags=["avatar"])
 
+_PHOTO_HINT = "send a JSON object with 'image' or 'image_url'"
+GENERATE_BODY = BodyOf(GenerateRequest, "image", "the photo", empty_hint=_PHOTO_HINT)
+CHECK_BODY = BodyOf(CheckRequest, "image", "the photo", empty_hint=_PHOTO_HINT)
+
 
 @router.post("/generate", response_model=GenerateResponse,
              responses={**ERRORS, 202: {"model": JobView, "description": "Accepted as a job (Prefer: respond-async)"},
                         409: ERRORS[400] | {"description": "The same Idempotency-Key is still in progress"}},
-             openapi_extra=with_headers(json_or_form_body(GenerateRequest, "image", "GenerateForm"), PREFER_ASYNC,
-                                        IDEMPOTENCY_KEY),
+             openapi_extra=with_headers(PREFER_ASYNC, IDEMPOTENCY_KEY),
              summary="Turn a photo into a platform-ready avatar")
-async def generate(request: Request, ingress: Ingress, account: Account) -> GenerateResponse | JSONResponse:
+async def generate(request: Request, ingress: Ingress, account: Account,
+                   body: Annotated[BodyReader, Depends(GENERATE_BODY)]) -> GenerateResponse | JSONResponse:
     """JSON with `image` (base64), `image_url` or `input_id`, or a multipart form with an `image` file part.
 
     `Prefer: respond-async` makes it a job: 202 with the job's status URL (API key required; `webhook_url` and
@@ -43,32 +50,30 @@ async def generate(request: Request, ingress: Ingress, account: Account) -> Gene
     `Idempotency-Key` makes a retry safe: the same key and body answer the original response, with no new charge."""
     started = time.perf_counter()
     if wants_async(request):   # queued in the job store; the runner paces the pipeline
-        payload, upload = await read_photo_payload(request, ingress.config.max_body_bytes)
-        return await submit_generate(request, ingress, account, payload, upload)
+        payload, upload = await read_photo_payload(body, ingress.config.max_body_bytes)
+        return await submit_generate(request, ingress, account, body, payload, upload)
     async with admitted(ingress, account, started, "generate") as refusal:
         if refusal is not None:
             return refusal
-        payload, upload = await read_photo_payload(request, ingress.config.max_body_bytes)
+        payload, upload = await read_photo_payload(body, ingress.config.max_body_bytes)
         hold, replay = await idempotency.begin(request, lambda: ingress.jobs, account, "generate",
                                                idempotency.fingerprint(payload, upload))
         if replay is not None:
             return replay
         async with hold.guard():
-            answer = await _generate(request, ingress, account, payload, upload, started)
+            answer = await _generate(request, ingress, account, body.parse(payload), upload, started)
             await hold.finish(answer)
     memory.release()   # a large body must not leave the ingress at its peak RSS
     return answer
 
 
-async def _generate(request: Request, ingress, account: str | None, payload: dict, upload: bytes | None,
+async def _generate(request: Request, ingress, account: str | None, req: GenerateRequest, upload: bytes | None,
                     started: float) -> GenerateResponse | JSONResponse:
-    req: GenerateRequest = parse_request(GenerateRequest, payload)
-    job = AvatarJob(request_id=AvatarJob.new_request_id(), style=req.resolved_style, platform=req.platform,
-                    size=req.size, intensity=req.resolved_intensity, palette=req.palette, background=req.background,
-                    template=req.template)
+    job = req.spec().job(account=account)
     await ingress.auth.authorize_style(account, job)   # a custom token must be the account's own
+    credits_shown = ingress.billing.config.credits   # 402 below, before any work
     try:
-        charge = await ingress.billing.hold(request, account, job, req.external_id)   # 402 here, before any work
+        charge = note_credits(request, credits_shown, await ingress.billing.hold(account, job, req.external_id))
     except InsufficientCredits as refused:
         await asyncio.to_thread(ingress.telemetry.refused, job, refused.code, _ms(started),
                                 external_id=req.external_id)
@@ -82,13 +87,13 @@ async def _generate(request: Request, ingress, account: str | None, payload: dic
         error = as_avatar_error(exc, timeout)
         if error.status >= 500:
             log.error("request %s failed: %s (%s)", job.request_id, error.message, type(exc).__name__)
-        await ingress.billing.release(request, charge)   # a refused request costs nothing
+        note_credits(request, credits_shown, await ingress.billing.release(charge))   # a refusal costs nothing
         job.input_quality_score = float(error.extra.get("input_quality_score", 0.0))
         await asyncio.to_thread(ingress.telemetry.refused, job, error.code, _ms(started),   # durable first
                                 external_id=req.external_id)
         return error_response(error, job.request_id)
     body = ingress.response(request, done, _ms(started))
-    charge = await ingress.billing.settle(request, charge, done.billable)
+    charge = note_credits(request, credits_shown, await ingress.billing.settle(charge, done.billable))
     await asyncio.to_thread(ingress.telemetry.delivered, done, body.latency_ms,   # on disk before the answer
                             credits=charge.charged if charge else 0, external_id=req.external_id)
     return body
@@ -96,16 +101,16 @@ async def _generate(request: Request, ingress, account: str | None, payload: dic
 
 
 @router.post("/check", response_model=CheckResponse, responses=ERRORS,
-             openapi_extra=json_or_form_body(CheckRequest, "image", "CheckForm"),
              summary="Pre-flight checks of a photo (no generation, no charge)")
-async def check(request: Request, ingress: Ingress, account: Account) -> CheckResponse | JSONResponse:
+async def check(ingress: Ingress, account: Account,
+                body: Annotated[BodyReader, Depends(CHECK_BODY)]) -> CheckResponse | JSONResponse:
     """Face count, coverage, head angle and quality, as generate would see them."""
     started = time.perf_counter()
     async with admitted(ingress, account, started, "check") as refusal:
         if refusal is not None:
             return refusal
-        payload, upload = await read_photo_payload(request, ingress.config.max_body_bytes)
-        req: CheckRequest = parse_request(CheckRequest, payload)
+        payload, upload = await read_photo_payload(body, ingress.config.max_body_bytes)
+        req: CheckRequest = body.parse(payload)
         job = AvatarJob(request_id=AvatarJob.new_request_id(), style="", platform=req.platform, size=0, intensity=0,
                         account=account)
         timeout = ingress.config.request_timeout_s

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse
 
 from avatar.contracts import BatchRequest, JobView
 from service.dependencies import Ingress, RequiredAccount
-from service.openapi import ERRORS, IDEMPOTENCY_KEY, json_or_form_body, with_headers
+from service.http import BodyOf, BodyReader
+from service.openapi import ERRORS, IDEMPOTENCY_KEY, with_headers
 from service.submit import submit_batch
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
+BATCH_BODY = BodyOf(BatchRequest, "images", "the photos", cap_field="images",
+                    empty_hint="send a JSON object with 'items'")
+
 
 @router.post("", status_code=202, response_model=JobView, responses=ERRORS,
-             openapi_extra=with_headers(json_or_form_body(BatchRequest, "images", "BatchForm"), IDEMPOTENCY_KEY),
+             openapi_extra=with_headers(IDEMPOTENCY_KEY),
              summary="Avatars for a whole team in one consistent look")
-async def create_batch(request: Request, ingress: Ingress, account: RequiredAccount) -> JSONResponse:
+async def create_batch(request: Request, ingress: Ingress, account: RequiredAccount,
+                       body: Annotated[BodyReader, Depends(BATCH_BODY)]) -> JSONResponse:
     """JSON `items` (each an `external_id` and one of `image`, `image_url`, `input_id`) or multipart `images` file
     parts (the file name, without extension, is the external id), plus one style, platform, palette and background
     for everyone. Progress, per-item results and the team's ZIP and contact sheet: `GET /v1/jobs/{job_id}`.
     Send `Idempotency-Key` to make a retry safe."""
-    return await submit_batch(request, ingress, account)
+    return await submit_batch(request, ingress, account, body)

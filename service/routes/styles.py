@@ -10,23 +10,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from starlette.datastructures import UploadFile
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse, Response
 
 from avatar.catalog.platforms import BUILTIN_STYLES
 from avatar.contracts import StyleJobRequest, StyleView, StylesList, is_style_token
-from avatar.errors import InvalidRequest, NotFound, UnsupportedMediaType
+from avatar.errors import InvalidRequest, NotFound
 from avatar.store.accounts import StyleRecord
 from avatar.store.storage import Storage
 from avatar.tokens import delete_token
 from service.auth import style_not_found
 from service.dependencies import Ingress, RequiredAccount
-from service.http import JSON_TYPES, content_type, read_form, read_json
+from service.http import BodyOf, BodyReader, Payload
 from service import idempotency
-from service.openapi import ERRORS, IDEMPOTENCY_KEY, json_or_form_body, with_headers
+from service.openapi import ERRORS, IDEMPOTENCY_KEY, with_headers
 from avatar.tokens import token_version
 
 log = logging.getLogger("avatar.styles")
@@ -35,26 +34,25 @@ router = APIRouter(prefix="/v1/styles", tags=["styles"])
 
 MAX_EPOCHS = 50
 MAX_NAME = 200
+STYLE_BODY = BodyOf(StyleJobRequest, "images", "the examples", cap_field="images")
 
 
 @router.post("", status_code=202, response_model=StyleView, responses=ERRORS,
-             openapi_extra=with_headers(json_or_form_body(StyleJobRequest, "images", "StyleJobForm"), IDEMPOTENCY_KEY),
+             openapi_extra=with_headers(IDEMPOTENCY_KEY),
              summary="Train a custom style from 50-200 example images")
-async def create_style(request: Request, ingress: Ingress, account: RequiredAccount) -> JSONResponse:
+async def create_style(request: Request, ingress: Ingress, account: RequiredAccount,
+                       body: Annotated[BodyReader, Depends(STYLE_BODY)]) -> JSONResponse:
     """Multipart `images` file parts, or JSON `images_uri` in a location the operator opened. Answers 202 with the
     job id, the token id it will produce and a status URL."""
     styles = ingress.config.styles
     jobs = ingress.style_jobs()
-    ctype = content_type(request)
-    if ctype == "multipart/form-data":
-        files, fields = await _read_upload(request, styles.max_upload_bytes)
+    read = await body.read(styles.max_upload_bytes, max_files=1000, json_max_bytes=2**20)
+    if read.multipart:
+        files, fields = _examples(read), read.fields
         print_ = idempotency.fingerprint({**fields, "files": sorted(files)}, *files.values())
-    elif ctype in JSON_TYPES:
-        fields, files = await read_json(request, 2**20), {}
-        print_ = idempotency.fingerprint(fields)
     else:
-        raise UnsupportedMediaType(f"content-type {ctype!r} is not supported; send multipart/form-data or "
-                                   "application/json", field="content-type", code="unsupported_content_type")
+        fields, files = read.fields, {}
+        print_ = idempotency.fingerprint(fields)
     hold, replay = await idempotency.begin(request, lambda: ingress.jobs, account, "styles", print_)
     if replay is not None:
         return replay
@@ -226,26 +224,15 @@ def _check_images_uri(uri: str, account: str, prefixes: list[str]) -> None:
                              "as multipart 'images' files instead", field="images_uri", code="images_uri_refused")
 
 
-async def _read_upload(request: Request, max_bytes: int) -> tuple[dict[str, bytes], dict[str, Any]]:
-    """The `images` file parts (file name -> bytes; repeated names made unique) and the plain fields."""
-    form = await read_form(request, max_bytes, max_files=1000, field="images")
+def _examples(read: Payload) -> dict[str, bytes]:
+    """The `images` file parts by file name (repeated names made unique)."""
     files: dict[str, bytes] = {}
-    fields: dict[str, Any] = {}
-    try:
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key != "images":
-                    raise InvalidRequest(f"unexpected file part {key!r}; upload the examples as 'images'", field=key)
-                data = await value.read()
-                name = value.filename or f"image_{len(files):03d}"
-                unique, n = name, 1
-                while unique in files:
-                    unique, n = f"{n}_{name}", n + 1
-                files[unique] = data
-            else:
-                fields[key] = value
-    finally:
-        await form.close()
+    for filename, data in read.files:
+        name = filename or f"image_{len(files):03d}"
+        unique, n = name, 1
+        while unique in files:
+            unique, n = f"{n}_{name}", n + 1
+        files[unique] = data
     if not files:
         raise InvalidRequest("no 'images' file parts in the upload", field="images", code="missing_images")
-    return files, fields
+    return files
