@@ -73,3 +73,27 @@ def test_the_ingress_keeps_serving_after_failures(make_ingress):
     status, body = _call(ingress, {"image": blank_photo(), "platform": "nowhere"})
     assert status == 422 and body["error"]["field"] == "platform"   # admission still works
     assert calls["n"] == 1
+
+
+@pytest.mark.parametrize("quality", ["best", "fast"])
+def test_the_requested_matte_quality_reaches_the_stages(make_ingress, quality):
+    """`quality` travels with the job to BgGenerate (which picks the learned matte for `best`), from JSON and forms."""
+    seen: list[str] = []
+
+    async def record(job, *_):
+        seen.append(job.quality)
+        raise RuntimeError("stop after the first stage")
+    ingress = make_ingress(record)
+    _call(ingress, {"image": blank_photo(), "quality": quality})
+    import base64
+    form = ingress.client.post("/v1/avatar/generate", data={"quality": quality},
+                               files={"image": ("me.png", base64.b64decode(blank_photo()), "image/png")})
+    assert form.status_code == 500
+    assert seen == [quality, quality]
+
+
+def test_an_unknown_matte_quality_is_a_422_naming_the_field(make_ingress):
+    async def never(*_):
+        raise AssertionError("no stage runs for an invalid request")
+    status, body = _call(make_ingress(never), {"image": blank_photo(), "quality": "ultra"})
+    assert status == 422 and body["error"]["field"] == "quality"
