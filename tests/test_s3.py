@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
+from avatar.clock import ManualClock
 from avatar.errors import NotFound
 from avatar.store.input_cache import InputCache
 from avatar.store.storage import Storage
@@ -83,8 +84,9 @@ def test_cached_inputs_on_s3(storage):
     assert cache.get("acc_a", input_id) == b"photo bytes" and expires > time.time()
     with pytest.raises(NotFound):
         cache.get("acc_b", input_id)
-    expired = InputCache(storage, ttl_s=1, sweep_every_s=0)  # the same objects seen with a 1 s lifetime
-    time.sleep(1.2)
+    later = ManualClock()
+    later.advance(3601)                                      # the same objects an hour and a second later
+    expired = InputCache(storage, ttl_s=3600, sweep_every_s=0, clock=later)
     with pytest.raises(NotFound):
         expired.get("acc_a", input_id)
     assert expired.maybe_sweep() == 1 and storage.list("inputs") == []

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
 from dataclasses import dataclass
 
+from avatar.clock import Clock, system_clock
 from avatar.errors import NotFound, TooManyRequests, Unauthorized
 from avatar.store.storage import Storage
 
@@ -32,8 +32,9 @@ class InputQuota:
 
 class InputCache:
     def __init__(self, storage: Storage, ttl_s: int = 24 * 3600, sweep_every_s: int = 600,
-                 quota: InputQuota = InputQuota()) -> None:
+                 quota: InputQuota = InputQuota(), clock: Clock = system_clock) -> None:
         self.storage = storage
+        self.clock = clock   # what expiry is measured against (objects' mtimes are the store's clock)
         self.ttl_s = ttl_s
         self.sweep_every_s = sweep_every_s
         self.quota = quota
@@ -61,7 +62,7 @@ class InputCache:
         self.admit(account, adding=len(photo))
         input_id = "in_" + secrets.token_urlsafe(16)
         self.storage.put(self._key(account, input_id), photo)
-        return input_id, int(time.time()) + self.ttl_s
+        return input_id, int(self.clock()) + self.ttl_s
 
     def get(self, account: str | None, input_id: str) -> bytes:
         """The cached photo; 404 when unknown, expired or another account's (indistinguishable on purpose)."""
@@ -69,20 +70,20 @@ class InputCache:
             raise NotFound("input_id is not a cached input", field="input_id", code="input_not_found")
         key = self._key(account, input_id)
         modified = self.storage.modified(key)
-        if modified is None or modified + self.ttl_s < time.time():
+        if modified is None or modified + self.ttl_s < self.clock():
             raise NotFound("input_id is unknown or has expired (inputs are kept 24 h)", field="input_id",
                            code="input_not_found")
         return self.storage.get(key)
 
     def _usage(self, account: str | None) -> tuple[int, int]:
         """Live (unexpired) entries of `account` and their bytes."""
-        cutoff = time.time() - self.ttl_s
+        cutoff = self.clock() - self.ttl_s
         sizes = self.storage.sizes(f"inputs/{account or ANONYMOUS}", modified_after=cutoff)
         return len(sizes), sum(sizes.values())
 
     def maybe_sweep(self) -> int:
         """Delete expired entries, at most once per `sweep_every_s`; returns how many were removed."""
-        now = time.time()
+        now = self.clock()
         if now - self._last_sweep < self.sweep_every_s:
             return 0
         self._last_sweep = now
