@@ -136,17 +136,18 @@ def test_fetch_refuses_private_targets_even_after_a_redirect(local_server, monke
         fetch_image(f"http://photos.example:{local_server}/photo.png", FetchPolicy(max_bytes=100))
 
 
-def test_input_cache_expires_and_is_per_account(tmp_path, monkeypatch):
+def test_input_cache_expires_and_is_per_account(tmp_path):
+    from avatar.clock import ManualClock
     from avatar.store.input_cache import InputCache
-    cache = InputCache(Storage(str(tmp_path / "s")), ttl_s=60, sweep_every_s=0)
+    clock = ManualClock()
+    cache = InputCache(Storage(str(tmp_path / "s")), ttl_s=60, sweep_every_s=0, clock=clock)
     input_id, expires = cache.put("acc_a", b"photo")
     assert cache.get("acc_a", input_id) == b"photo"
     with pytest.raises(NotFound):
         cache.get("acc_b", input_id)               # another account's input is not found
     with pytest.raises(NotFound):
         cache.get("acc_a", "../../signing.key")
-    import time as time_mod
-    monkeypatch.setattr(time_mod, "time", lambda: expires + 5)
+    clock.advance(expires + 5 - clock())
     with pytest.raises(NotFound):
         cache.get("acc_a", input_id)               # expired
     assert cache.maybe_sweep() == 1 and cache.storage.list("inputs") == []
