@@ -161,6 +161,17 @@ RAY_ENV = {
 APP_VERSION = "tests"   # one code version for every deploy of the session: a changed user_config is a reconfigure
 
 
+def forget_serve_handles() -> None:
+    """Stop the routers of the Serve handles this process holds (`serve.run` returns one) before its Ray ends: each
+    runs a thread that pushes metrics every few seconds, and after `ray.shutdown()` that thread's `ray.wait` would
+    start a fresh local Ray in the test process (Ray's auto-init) or log 'owner is unknown' under the next one."""
+    from ray.serve import context
+    client = context._global_client
+    if client is not None:
+        client.shutdown_cached_handles()
+    context._disconnect()
+
+
 @dataclass
 class LocalRay:
     """The session's one local Ray (RAY_NOTES: `address="local"`, a short temp dir, the session's own data dir)."""
@@ -172,6 +183,7 @@ class LocalRay:
     def stop(self) -> None:
         """Ends the node and everything on it (no serve.shutdown() first: its graceful replica stops only add time)."""
         import ray
+        forget_serve_handles()
         ray.shutdown()
         os.environ.clear()
         os.environ.update(self.saved_env)

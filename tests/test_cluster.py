@@ -26,7 +26,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from servers import free_port
+from servers import forget_serve_handles, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.serve, pytest.mark.own_ray, pytest.mark.timeout(1200)]
 
@@ -96,6 +96,7 @@ def cluster(postgres, s3_server):
                        "roots": roots, "database": database, "usage_uri": env["AVATAR_USAGE_URI"],
                        "storage_uri": env["AVATAR_STORAGE_URI"], "delivered": []}
         finally:
+            forget_serve_handles()
             ray.shutdown()   # no serve.shutdown(): its graceful replica stops only delay c.shutdown(), which kills all
             c.shutdown()
             for path in (*roots, Path(temp)):

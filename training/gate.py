@@ -14,7 +14,7 @@ Nothing here imports torch or Ray Train.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 TRAINING_MEMORY_RESOURCE = "avatar_training_mb"
 TRAINING_CPU_RESOURCE = "avatar_training_cpu"
@@ -113,23 +113,41 @@ TURNS_ACTOR = "account-turns"
 
 
 class AccountTurns:
-    """Which jobs of each account hold a running turn (a detached actor, one per cluster). A turn is taken
-    atomically here, so two drivers of one account that get their budgets at the same moment cannot both start;
-    turns of drivers that died are dropped when the next one asks."""
+    """Which jobs of each account hold a running turn, and in what order the others get one (a detached actor, one
+    per cluster). Turns go in submission order: `enqueue` is called as a job is submitted, so a later job whose driver
+    happens to start first still waits for the earlier one. A turn is taken atomically here, so two drivers of one
+    account that get their budgets at the same moment cannot both start; drivers that died lose their turn and their
+    place when the next one asks. The actor restarts empty: waiting drivers then line up in the order they ask."""
 
-    def __init__(self) -> None:
+    def __init__(self, alive: Callable[[str, str], bool] | None = None) -> None:
         self.holders: dict[str, set[str]] = {}
+        self.waiting: dict[str, list[str]] = {}
+        self.alive = alive or _driver_alive
+
+    def enqueue(self, account_id: str, job_id: str) -> None:
+        line = self.waiting.setdefault(account_id, [])
+        if job_id not in line and job_id not in self.holders.get(account_id, set()):
+            line.append(job_id)
 
     def acquire(self, account_id: str, job_id: str, limit: int, namespace: str) -> bool:
         held = self.holders.setdefault(account_id, set())
-        held.intersection_update({j for j in held if j == job_id or _driver_alive(j, namespace)})
-        if job_id in held or len(held) < limit:
+        if job_id in held:
+            return True
+        self.enqueue(account_id, job_id)
+        held.intersection_update({j for j in held if self.alive(j, namespace)})
+        line = self.waiting[account_id]
+        line[:] = [j for j in line if j == job_id or self.alive(j, namespace)]
+        if len(held) < limit and line[0] == job_id:
+            line.pop(0)
             held.add(job_id)
             return True
         return False
 
     def release(self, account_id: str, job_id: str) -> None:
         self.holders.get(account_id, set()).discard(job_id)
+        line = self.waiting.get(account_id, [])
+        if job_id in line:
+            line.remove(job_id)
 
 
 def _driver_alive(job_id: str, namespace: str) -> bool:

@@ -164,9 +164,12 @@ def _cluster_resources() -> dict[str, float]:
 def _launch(cfg: Any, resources: dict[str, float]) -> None:
     """The job's driver: pending in Ray (no process) until a node has the job's share of the training budgets."""
     from training.gate import account_turns
-    account_turns(NAMESPACE)   # created here, so it belongs to no job
+    import ray
+    turns = account_turns(NAMESPACE)   # created here, so it belongs to no job
     actor = _JobDriver.options(name=cfg.job_id, namespace=NAMESPACE, lifetime="detached", num_cpus=0,
                                resources=resources).remote()
+    if getattr(cfg, "account_max_running", 0) > 0:
+        ray.get(turns.enqueue.remote(cfg.account_id, cfg.job_id))   # its place in the account's line: submission order
     actor.run.remote(cfg)
 
 
