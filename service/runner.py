@@ -1,6 +1,8 @@
 """The job runner: takes queued jobs and batch items from the job store and runs them through the same stage graph
 as a synchronous request, with bounded concurrency; finishes jobs (a batch's JSON, ZIP and contact sheet); delivers
-webhooks with retries; deletes what has expired.
+webhooks with retries; deletes what has expired. The parts it calls live beside it: credit holds in
+`service.holds`, a batch's files in `service.deliverables`, webhook sends in `service.delivery`; what stays here is
+the loop and the items' leases.
 
 `JobWorker` is plain asyncio over a `call_for(job)` that starts stages (Serve handles in the `JobRunner`
 deployment, the in-process pipeline in tests), so its rules are tested without a cluster. Nothing it knows lives
@@ -21,48 +23,34 @@ by the next sweep of any runner. Time (leases, retries, sweeps) is read from an 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from avatar.deliverables import Member, avatars_zip, contact_sheet
+from avatar import webhooks
+from avatar.clock import Clock, system_clock
 from avatar.errors import InvalidRequest, NotFound
 from avatar.flow import orchestrator
 from avatar.job import AvatarJob, PhotoInput
 from avatar.settings import settings
 from avatar.spec import AvatarSpec
-from avatar.store.fetch import FetchPolicy
 from avatar.store.credits import Ledger
-from avatar.store.jobs import BATCH, CANCELED, FAILED, SUCCEEDED, ItemRecord, JobRecord, JobStore
+from avatar.store.fetch import FetchPolicy
+from avatar.store.jobs import BATCH, FAILED, SUCCEEDED, ItemRecord, JobRecord, JobStore
 from avatar.store.storage import Storage, UrlSigner
 from avatar.vision.imageio import b64decode_image
-from avatar import webhooks
-from avatar.clock import Clock, system_clock
 from service.answers import generate_response, item_view, job_view
 from service.config import RunnerConfig
-from service.delivery import deliver_once, lease_s
+from service.deliverables import batch_outputs, delete_outputs
+from service.delivery import WebhookSender, emit
 from service.errors import as_avatar_error
+from service.holds import ItemHolds, external_id
 
 log = logging.getLogger("avatar.runner")
 
 TRANSIENT = ("stage_unavailable", "overloaded", "timeout", "stage_failed")
-INPUTS_PREFIX = "job-inputs"
-BATCHES_PREFIX = "batches"
-
-
-def upload_key(job_id: str, idx: int) -> str:
-    """Where an uploaded photo waits for its item (deleted once the item is done)."""
-    return f"{INPUTS_PREFIX}/{job_id}/{idx}"
-
-
-def emit(store: JobStore, job: JobRecord, event: str, data: dict[str, Any]) -> str | None:
-    """Queue `event` for the job's webhook when the job subscribed to it; the runner sends it."""
-    if not job.webhook_url or event not in job.webhook_events:
-        return None
-    return store.add_delivery(job, event, webhooks.message(event, data))
 
 
 @dataclass
@@ -86,24 +74,29 @@ class JobWorker:
     def __init__(self, store: JobStore, storage: Storage, signer: UrlSigner, call_for: Callable[[AvatarJob], Any],
                  config: RunnerConfig = RunnerConfig(), gated: bool = True, telemetry: Any = None,
                  webhook_policy: FetchPolicy | None = None, retry: webhooks.RetryPolicy | None = None,
-                 owner: str | None = None, ledger: Any = None, clock: Clock = system_clock) -> None:
+                 owner: str | None = None, ledger: Ledger | None = None, clock: Clock = system_clock) -> None:
         env = settings()
         self.store, self.storage, self.signer, self.call_for = store, storage, signer, call_for
         self.config, self.gated, self.telemetry, self.clock = config, gated, telemetry, clock
-        self.ledger = ledger   # avatar.store.credits.Ledger: charges items of jobs accepted with credit terms
-        self.webhook_policy = webhook_policy or FetchPolicy(timeout_s=env.webhook_timeout_s, max_bytes=2**20,
-                                                            allow_private=env.webhook_allow_private)
-        self.retry = retry or webhooks.RetryPolicy(env.webhook_retry_base_s, env.webhook_retry_max_s,
-                                                   env.webhook_retry_window_s, clock=clock)
+        self.holds = ItemHolds(ledger)   # charges items of jobs accepted with credit terms
         self.owner = owner or "runner_" + secrets.token_hex(6)
+        self.webhooks = WebhookSender(
+            store, self.owner,
+            webhook_policy or FetchPolicy(timeout_s=env.webhook_timeout_s, max_bytes=2**20,
+                                          allow_private=env.webhook_allow_private),
+            retry or webhooks.RetryPolicy(env.webhook_retry_base_s, env.webhook_retry_max_s,
+                                          env.webhook_retry_window_s, clock=clock))
         self.inflight: dict[tuple[str, int], asyncio.Task] = {}   # an item from its claim to its recorded outcome
         self.working: dict[tuple[str, int], asyncio.Task] = {}    # its generate work: the only part ever canceled
-        self.sending: set[asyncio.Task] = set()
         self.stats = WorkerStats()
         self._jobs: dict[str, JobRecord] = {}
         self._wake = asyncio.Event()
         self._last_renew = self._last_sweep = float("-inf")
-        self.retry_due = 0.0          # the latest retry this runner scheduled (drain waits for it)
+
+    @property
+    def retry_due(self) -> float:
+        """The latest webhook retry this runner scheduled (drain waits for it)."""
+        return self.webhooks.retry_due
 
     # ------------------------------------------------------------ the loop
     async def run_forever(self) -> None:
@@ -130,7 +123,8 @@ class JobWorker:
         await self._renew()
         busy = await self._claim_items()
         busy |= await self._finish_jobs()
-        busy |= await self._send_webhooks()
+        busy |= await self.webhooks.send_due(self.config.delivery_concurrency, self.config.delivery_per_account)
+        self.stats.deliveries = self.webhooks.attempts
         await self._sweep()
         return busy
 
@@ -141,7 +135,7 @@ class JobWorker:
         idle_rounds = 0
         while time.monotonic() < deadline:
             busy = await self.step()
-            if busy or self.inflight or self.sending or (retries and self.retry_due > self.clock()):
+            if busy or self.inflight or self.webhooks.busy() or (retries and self.retry_due > self.clock()):
                 idle_rounds = 0
             else:
                 idle_rounds += 1
@@ -152,18 +146,17 @@ class JobWorker:
 
     async def stop(self) -> None:
         """Abandon the work in flight (its leases expire and another runner takes it): a runner's death."""
-        for task in [*self.inflight.values(), *self.sending]:
+        for task in self.inflight.values():
             task.cancel()
-        await asyncio.gather(*self.inflight.values(), *self.sending, return_exceptions=True)
+        await asyncio.gather(*self.inflight.values(), return_exceptions=True)
+        await self.webhooks.stop()
         self.inflight.clear()
         self.working.clear()
-        self.sending.clear()
 
     def _reap(self) -> None:
         for key, task in list(self.inflight.items()):
             if task.done():
                 del self.inflight[key]
-        self.sending = {t for t in self.sending if not t.done()}
 
     def _due(self, last: float, every_s: float) -> bool:
         """Whether `every_s` passed since `last` on the clock (a clock set back counts as due)."""
@@ -232,7 +225,7 @@ class JobWorker:
         started = time.perf_counter()
         avatar = self.avatar_job(job, item)
         try:   # the hold is never cut short: a hold taken while its item is canceled is given back by _lost
-            await self._hold(job, item, avatar)   # before any work; a re-run of the item finds its first hold
+            await self.holds.hold(job, item, avatar)   # before any work; a re-run of the item finds its first hold
         except Exception as exc:  # noqa: BLE001 - too few credits: the item fails with the 402 body
             await self._item_failed(job, item, avatar, exc, _ms(started))
             return
@@ -265,10 +258,10 @@ class JobWorker:
             await self._lost(job, item)
             return
         self.stats.completed += 1
-        charged = await self._settle(job, item, done.billable)   # only once the store took the outcome
+        charged = await self.holds.settle(job, item, done.billable)   # only once the store took the outcome
         if self.telemetry is not None:
             await asyncio.to_thread(self.telemetry.delivered, done, body["latency_ms"],   # journalled (fsync)
-                                    credits=charged, external_id=_external_id(job, item))
+                                    credits=charged, external_id=external_id(job, item))
         await self._item_done(job, item)
 
     async def _item_failed(self, job: JobRecord, item: ItemRecord, avatar: AvatarJob, exc: Exception,
@@ -286,7 +279,7 @@ class JobWorker:
             await self._lost(job, item)
             return
         self.stats.failed += 1
-        await self._release(job, item)   # a failed item costs nothing
+        await self.holds.release(job, item)   # a failed item costs nothing
         if self.telemetry is not None:
             avatar.input_quality_score = float(error.extra.get("input_quality_score", 0.0))
             await asyncio.to_thread(self.telemetry.refused, avatar, error.code, latency_ms)
@@ -297,41 +290,7 @@ class JobWorker:
         runner took it over (the hold is that runner's to settle)."""
         self.stats.abandoned += 1
         now = await asyncio.to_thread(self.store.items, job.account, job.job_id, item.idx, 1)
-        if now and self.ledger is not None and job.params.get("billing"):
-            await asyncio.to_thread(settle_from_item, self.ledger, now[0])
-
-    # ------------------------------------------------------------ credits (jobs accepted with credit terms)
-    async def _hold(self, job: JobRecord, item: ItemRecord, avatar: AvatarJob) -> None:
-        terms = job.params.get("billing")
-        if terms and self.ledger is not None:
-            await asyncio.to_thread(self.ledger.hold, job.account, item.request_id, avatar.style, avatar.platform,
-                                    terms["price"], _external_id(job, item), terms.get("seat_price"),
-                                    terms.get("seat_s"))
-
-    async def _settle(self, job: JobRecord, item: ItemRecord, billable: bool) -> int:
-        if not job.params.get("billing") or self.ledger is None:
-            return 0
-        try:
-            return (await asyncio.to_thread(self.ledger.settle, item.request_id, billable)).charged
-        except Exception:  # noqa: BLE001 - the outcome is recorded; the hold sweep settles it from the item later
-            log.exception("item %s/%s: settling its credits failed", item.job_id, item.idx)
-            return 0
-
-    async def _release(self, job: JobRecord, item: ItemRecord) -> None:
-        if job.params.get("billing") and self.ledger is not None:
-            try:
-                await asyncio.to_thread(self.ledger.release, item.request_id)
-            except KeyError:   # refused before its hold (e.g. too few credits): nothing to give back
-                pass
-
-    def settle_holds(self) -> int:
-        """Settle the holds whose item ended without its runner settling them (a cancel, a claim that failed the
-        item after too many interruptions, a runner that died), from the item's final state; returns how many."""
-        if self.ledger is None:
-            return 0
-        held = self.ledger.held()
-        items = self.store.items_by_request(held) if held else []
-        return sum(settle_from_item(self.ledger, item) for item in items)
+        await self.holds.settle_lost(job, now[0] if now else None)
 
     async def _item_done(self, job: JobRecord, item: ItemRecord) -> None:
         if "upload" in item.source:
@@ -373,7 +332,8 @@ class JobWorker:
                 return finished
             items = await asyncio.to_thread(self.store.items, job.account, job.job_id, 0, 1_000_000)
             if job.kind == BATCH:
-                state, output, error = await asyncio.to_thread(self.batch_outputs, job, items)
+                state, output, error = await asyncio.to_thread(batch_outputs, self.storage, self.signer, job, items,
+                                                               self.config.contact_sheet_tile)
             else:
                 one = items[0]
                 state, output, error = (SUCCEEDED, one.result, None) if one.state == SUCCEEDED else \
@@ -387,99 +347,18 @@ class JobWorker:
                     await asyncio.to_thread(emit, self.store, done, event, job_view(done))
             finished = True
 
-    def batch_outputs(self, job: JobRecord, items: list[ItemRecord]) -> tuple[str, dict | None, dict | None]:
-        """The batch's results JSON, ZIP and contact sheet, stored and signed; failed items are listed, not billed."""
-        members = []
-        for item in items:
-            png = None
-            if item.state == SUCCEEDED and item.outputs:
-                try:
-                    png = self.storage.get(item.outputs[0])
-                except NotFound:
-                    png = None
-            code = (item.error or {}).get("error", {}).get("code") if item.state != SUCCEEDED else None
-            members.append(Member(item.external_id or str(item.idx), png, code or (None if png else "missing")))
-        prefix = f"{BATCHES_PREFIX}/{job.job_id}"
-        results = {"job_id": job.job_id, "params": _public_params(job.params),
-                   "items": [item_view(i) for i in items]}
-        self.storage.put(f"{prefix}/results.json", json.dumps(results).encode())
-        self.storage.put(f"{prefix}/avatars.zip", avatars_zip(members))
-        self.storage.put(f"{prefix}/contact_sheet.png",
-                         contact_sheet(members, tile=self.config.contact_sheet_tile,
-                                       title=f"{job.params.get('style')} - {job.params.get('platform')}"))
-        urls = {name: self.signer.sign(job.base_url, f"{prefix}/{file}")
-                for name, file in (("results_url", "results.json"), ("zip_url", "avatars.zip"),
-                                   ("contact_sheet_url", "contact_sheet.png"))}
-        succeeded = sum(i.state == SUCCEEDED for i in items)
-        failed = sum(i.state == FAILED for i in items)
-        output = {**{k: v[0] for k, v in urls.items()},
-                  "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(urls["zip_url"][1])),
-                  "succeeded": succeeded, "failed": failed, "billable": sum(i.billable for i in items)}
-        if succeeded:
-            return SUCCEEDED, output, None
-        error = {"error": {"code": "all_items_failed", "message": "no member of the batch got an avatar; see "
-                                                                 "each item's error", "field": "items"}}
-        return FAILED, output, error
-
-    # ------------------------------------------------------------ webhooks
-    async def _send_webhooks(self) -> bool:
-        """Start due deliveries up to `delivery_concurrency`, at most `delivery_per_account` of one account in flight
-        (the store's claim counts every runner's), each send bounded by the webhook deadline."""
-        sent = False
-        while len(self.sending) < self.config.delivery_concurrency:
-            delivery = await asyncio.to_thread(self.store.claim_delivery, self.owner, lease_s(self.webhook_policy),
-                                               self.config.delivery_per_account)
-            if delivery is None:
-                break
-            task = asyncio.create_task(self.deliver(delivery))
-            task.add_done_callback(_log_failure)
-            self.sending.add(task)
-            sent = True
-        return sent
-
-    async def deliver(self, delivery) -> dict[str, Any]:
-        """One attempt at one claimed message (`service.delivery`); a failure schedules the next."""
-        record, next_at = await deliver_once(self.store, self.owner, delivery, self.webhook_policy, self.retry)
-        self.stats.deliveries += 1
-        self.retry_due = max(self.retry_due, next_at or 0.0)
-        return record
-
     # ------------------------------------------------------------ expiry
     async def _sweep(self) -> None:
         if not self._due(self._last_sweep, self.config.sweep_every_s):
             return
         self._last_sweep = self.clock()
         try:
-            await asyncio.to_thread(self.settle_holds)
+            await asyncio.to_thread(self.holds.settle_unsettled, self.store)
         except Exception:  # noqa: BLE001 - the next sweep tries again; expiry must not wait on the ledger
             log.exception("settling unsettled holds failed")
         removed = await asyncio.to_thread(self.store.sweep)
         for job, items in removed:
-            await asyncio.to_thread(self.delete_outputs, job, items)
-
-    def delete_outputs(self, job: JobRecord, items: list[ItemRecord]) -> None:
-        """An expired job's avatars, uploads and batch files."""
-        for item in items:
-            for key in item.outputs + ([item.source["upload"]] if "upload" in item.source else []):
-                self.storage.delete(key)
-        for key in self.storage.list(f"{BATCHES_PREFIX}/{job.job_id}"):
-            self.storage.delete(key)
-
-
-def settle_from_item(ledger: Ledger, item: ItemRecord) -> bool:
-    """Settle an item's hold from its final state: a succeeded item keeps the credits of a billable avatar, a failed
-    or canceled one gets them back; an item still queued or running (another runner has it) is left alone. True when
-    a hold was settled here."""
-    try:
-        if item.state == SUCCEEDED:
-            ledger.settle(item.request_id, item.billable)
-        elif item.state in (FAILED, CANCELED):
-            ledger.release(item.request_id)
-        else:
-            return False
-    except KeyError:   # no hold: credits off, or refused before it
-        return False
-    return True
+            await asyncio.to_thread(delete_outputs, self.storage, job, items)
 
 
 def _cancelling() -> bool:
@@ -493,18 +372,8 @@ def _log_failure(task: asyncio.Task) -> None:
         log.error("job item task failed: %r", task.exception(), exc_info=task.exception())
 
 
-def _external_id(job: JobRecord, item: ItemRecord) -> str | None:
-    """The person an item is for: a batch member's id, or an async generate's `external_id` field."""
-    return item.external_id or (job.params.get("billing") or {}).get("external_id")
-
-
-def _public_params(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: params.get(k) for k in ("style", "platform", "palette", "background", "size", "template",
-                                       "match_lighting")}
-
-
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
 
 
-__all__ = ["JobWorker", "emit", "upload_key"]
+__all__ = ["JobWorker", "WorkerStats"]

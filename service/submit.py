@@ -28,9 +28,14 @@ from avatar.webhooks import check_events, check_webhook_url
 from service import idempotency
 from service.answers import job_view, status_url
 from service.http import BodyReader, Payload
-from service.runner import upload_key
 
 WEBHOOK_FIELDS = ("webhook_url", "webhook_events")
+INPUTS_PREFIX = "job-inputs"
+
+
+def upload_key(job_id: str, idx: int) -> str:
+    """Where an uploaded photo waits for its item (the runner deletes it once the item is done)."""
+    return f"{INPUTS_PREFIX}/{job_id}/{idx}"
 
 
 def wants_async(request: Request) -> bool:

@@ -32,7 +32,8 @@ from avatar.store.fetch import FetchPolicy
 from avatar.store.jobs import BATCH, CANCELED, FAILED, RUNNING, SUCCEEDED, new_job_id, open_job_store
 from avatar.store.storage import Storage, UrlSigner
 from service.config import RunnerConfig
-from service.runner import JobWorker, upload_key
+from service.runner import JobWorker
+from service.submit import upload_key
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,9 +12,9 @@ from avatar.contracts import BatchItemsList, JobsList, JobView
 from avatar.errors import NotFound
 from avatar.store.jobs import CANCELED, JobRecord
 from service.answers import item_view, job_view
+from service.delivery import emit
 from service.dependencies import Ingress, RequiredAccount
 from service.openapi import ERRORS
-from service.runner import emit
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
