@@ -69,9 +69,9 @@ def test_an_account_over_its_limits_gets_429(env, examples_dir):
         _wait(lambda: jobs.status(env["a"], first.job_id).state == "running", 180, "the first job to run")
         time.sleep(3)
         assert jobs.status(env["a"], second.job_id).state == "queued"
-    finally:
-        jobs.delete(env["a"], first.job_id)
+    finally:   # the queued one first: it cannot take the turn the running one gives back
         jobs.delete(env["a"], second.job_id)
+        jobs.delete(env["a"], first.job_id)
 
 
 def test_a_job_stays_queued_without_a_process_until_the_budget_has_room(env, examples_dir):
@@ -121,3 +121,35 @@ def test_a_job_bigger_than_the_budget_is_refused_at_submission(env, examples_dir
     with pytest.raises(ResourcesUnavailable):
         StyleJobs(env["storage"], env["accounts"], num_workers=2, cpus_per_worker=2.0, **LONG).submit(
             env["a"], str(examples_dir))
+
+
+def test_cancel_lets_a_started_driver_stop_itself_before_killing_it(env):
+    """A driver that holds a process may be starting its Train run: killed then, the run's placement group is left
+    holding the node's CPUs. `cancel` waits for it to see the cancelled record and stop on its own."""
+    import ray
+    from training.jobs import NAMESPACE, cancel
+    from training.records import CANCELLED, ProgressWriter, new_job_id
+
+    job_id = new_job_id()
+    progress = ProgressWriter(env["storage"], env["a"], job_id)
+    progress.update(state="running")
+    marker = Path(env["storage"]) / "stopped-cleanly"
+
+    @ray.remote(num_cpus=0, max_restarts=0)
+    class StartingDriver:
+        """Stands in for a driver between its turn and its Train controller: it stops itself, which takes a while."""
+
+        def run(self) -> None:
+            while getattr(progress.read(), "state", None) != CANCELLED:
+                time.sleep(0.05)
+            time.sleep(1.0)   # tearing down what it had started
+            marker.write_text("yes")
+            ray.actor.exit_actor()
+
+    driver = StartingDriver.options(name=job_id, namespace=NAMESPACE).remote()
+    driver.run.remote()
+    _wait(lambda: _actor_state(job_id) == "ALIVE", 60, "the driver to start")
+    progress.update(state=CANCELLED)
+    cancel(job_id, grace_s=30)
+    assert marker.exists(), "cancel killed a driver that was stopping itself"
+    assert _actor_state(job_id) == "DEAD"

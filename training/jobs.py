@@ -186,7 +186,10 @@ def cancel(job_id: str, grace_s: float = CANCEL_GRACE_S) -> list[str]:
     root = driver._actor_id.hex()   # noqa: SLF001 - links the actor table's owners
     tree = [a for a in descendants(root) if a["State"] != "DEAD"]
     ids = [root, *(a["ActorID"] for a in tree)]
-    deadline = time.time() + (grace_s if tree else 0.0)
+    # A driver with a process may be starting its Train run this very moment: killed then, the controller's
+    # placement group outlives it (it belongs to the cluster's job, not the actor). It sees the record and stops
+    # itself, so wait for that; a driver still pending in Ray has no process and nothing to stop.
+    deadline = time.time() + (grace_s if tree or _state(root) == "ALIVE" else 0.0)
     while alive(ids) and time.time() < deadline:
         time.sleep(0.25)
         tree += [a for a in descendants(root) if a["State"] != "DEAD" and a["ActorID"] not in ids]
@@ -198,6 +201,11 @@ def cancel(job_id: str, grace_s: float = CANCEL_GRACE_S) -> list[str]:
     if left:
         kill_processes(left)
     return ids + [a["ActorID"] for a in left if a["ActorID"] not in ids]
+
+
+def _state(actor_id: str) -> str | None:
+    from ray._private import state
+    return (state.actors().get(actor_id) or {}).get("State")
 
 
 def _job_driver_cls() -> Any:

@@ -243,8 +243,10 @@ def run_job(cfg: StyleJobConfig, examples: ExampleSet | None,
         check_resources(cfg)
         if not wait_for_turn(cfg, progress):
             raise JobCancelled("the job was cancelled while queued")
-        progress.update(create=True, state=RUNNING, epoch=0, epochs=cfg.epochs, examples=len(examples.names),
-                        token_id=cfg.token_id)
+        started = progress.update(create=True, state=RUNNING, epoch=0, epochs=cfg.epochs,
+                                  examples=len(examples.names), token_id=cfg.token_id)
+        if started is not None and started.state == CANCELLED:
+            raise JobCancelled("the job was cancelled as its turn came")
         manifest, metrics = train(examples, accounts, checked)
     except Exception as exc:
         progress.update(create=False, state=FAILED, error=str(getattr(exc, "message", exc)),
