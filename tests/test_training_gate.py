@@ -84,7 +84,7 @@ def test_a_job_stays_queued_without_a_process_until_the_budget_has_room(env, exa
         return {k: total[k] - free.get(k, 0.0) for k in ("CPU", TRAINING_CPU_RESOURCE, TRAINING_MEMORY_RESOURCE)
                 if total[k] - free.get(k, 0.0) > 1e-6}
     _wait(lambda: not held(), 120, lambda: f"the node's resources to be free, still held: {held()}")
-    big = StyleJobs(env["storage"], env["accounts"], num_workers=2, cpus_per_worker=1.0, **LONG)
+    big = StyleJobs(env["storage"], env["accounts"], num_workers=1, cpus_per_worker=2.0, **LONG)
     running = big.submit(env["a"], str(examples_dir))       # takes the node's whole training CPU budget
     _wait(lambda: big.status(env["a"], running.job_id).epoch >= 1, 240,
           lambda: f"the first job's first epoch: {big.status(env['a'], running.job_id)}")
