@@ -16,17 +16,21 @@ import json
 import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Annotated, Any, AsyncIterator
 
-from fastapi import Request
+from fastapi import Header
 from starlette.responses import JSONResponse
 
 from avatar.errors import AvatarError, InvalidRequest
 from avatar.settings import settings
 from avatar.store.jobs import JobStore
 
-HEADER = "idempotency-key"
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")   # printable ASCII, no spaces (as the IETF draft's examples)
+
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", description="Makes a retry safe: the same key and body answer the original response (no "
+    "new work, no new charge); the same key with another body is refused (422). 1-255 printable ASCII characters.")]
+"""A route's `Idempotency-Key` request header (checked by `begin`, which answers the service's own 422)."""
 
 
 def fingerprint(payload: Any, *blobs: bytes | None) -> str:
@@ -83,8 +87,7 @@ class Idempotency:
             await self.save(status_code, body)
 
 
-def request_key(request: Request) -> str | None:
-    key = request.headers.get(HEADER)
+def checked_key(key: str | None) -> str | None:
     if key is None:
         return None
     if not _KEY_RE.match(key):
@@ -93,11 +96,11 @@ def request_key(request: Request) -> str | None:
     return key
 
 
-async def begin(request: Request, store_of: Any, account: str | None, route: str,
+async def begin(key: str | None, store_of: Any, account: str | None, route: str,
                 print_: str) -> tuple[Idempotency, JSONResponse | None]:
     """The request's hold on its key, and the stored answer when this is a replay. `store_of` is called only when
     the request carries a key (so requests without one never open the job store)."""
-    key = request_key(request)
+    key = checked_key(key)
     scope = account or "anonymous"
     if key is None:
         return Idempotency(None, scope, route, None), None

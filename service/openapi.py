@@ -1,5 +1,5 @@
 """What FastAPI cannot infer for the OpenAPI document: bodies read through `service.http.BodyOf` (JSON *or*
-multipart, under a cap) and the headers routes read by hand.
+multipart, under a cap).
 
 A route declares its body once, as a `BodyOf` dependency carrying the pydantic model that validates it; the
 document's request body (JSON, and the multipart form when the body takes files) is derived from that dependency
@@ -28,19 +28,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (429, "Over one of the account's limits (rate, concurrent requests, jobs, cached inputs); see Retry-After"),
         (503, "Overloaded or a stage is restarting; see Retry-After"),
         (504, "Timed out"))}
-
-
-IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
-                   "schema": {"type": "string", "maxLength": 255},
-                   "description": "Makes a retry safe: the same key and body answer the original response (no new "
-                                  "work, no new charge); the same key with another body is refused (422)."}
-PREFER_ASYNC = {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
-                "description": "`respond-async`: answer 202 with a job instead of waiting (API key required)."}
-
-
-def with_headers(*headers: dict[str, Any]) -> dict[str, Any]:
-    """`openapi_extra` with request headers the route reads by hand (Idempotency-Key, Prefer)."""
-    return {"parameters": list(headers)}
 
 
 def _ref(name: str) -> dict[str, str]:

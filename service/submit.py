@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import PurePath
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Header, Request
 from starlette.responses import JSONResponse
 
 from avatar.contracts import BatchRequest, GenerateRequest, WebhookFields, parse_request
@@ -38,9 +38,14 @@ def upload_key(job_id: str, idx: int) -> str:
     return f"{INPUTS_PREFIX}/{job_id}/{idx}"
 
 
-def wants_async(request: Request) -> bool:
-    """`Prefer: respond-async` (RFC 7240), alone or among other preferences."""
-    prefs = ",".join(request.headers.getlist("prefer"))
+Prefer = Annotated[list[str] | None, Header(
+    alias="Prefer", description="`respond-async`: answer 202 with a job instead of waiting (API key required).")]
+"""A route's `Prefer` request headers (RFC 7240: any number of them, each a list of preferences)."""
+
+
+def wants_async(prefer: list[str] | None) -> bool:
+    """`Prefer: respond-async`, alone or among other preferences."""
+    prefs = ",".join(prefer or [])
     return any(p.split("=")[0].split(";")[0].strip().lower() == "respond-async" for p in prefs.split(","))
 
 
@@ -82,10 +87,10 @@ def _accepted(body: dict[str, Any]) -> JSONResponse:
 
 # ---------------------------------------------------------------- asynchronous generate
 async def submit_generate(request: Request, ingress: Any, account: str | None, body: BodyReader,
-                          payload: dict[str, Any], upload: bytes | None) -> JSONResponse:
+                          payload: dict[str, Any], upload: bytes | None, key: str | None) -> JSONResponse:
     """The generate request as a job: 202 with its view; `GET status_url` answers the synchronous body when done."""
     account = require_account(account)
-    hold, replay = await idempotency.begin(request, lambda: ingress.jobs, account, "generate_async",
+    hold, replay = await idempotency.begin(key, lambda: ingress.jobs, account, "generate_async",
                                            idempotency.fingerprint(payload, upload))
     if replay is not None:
         return replay
@@ -119,7 +124,8 @@ async def submit_generate(request: Request, ingress: Any, account: str | None, b
 
 
 # ---------------------------------------------------------------- team batches
-async def submit_batch(request: Request, ingress: Any, account: str, body: BodyReader) -> JSONResponse:
+async def submit_batch(request: Request, ingress: Any, account: str, body: BodyReader,
+                       key: str | None) -> JSONResponse:
     """A team batch: JSON items (image, image_url or input_id each) or multipart `images` files."""
     limits = ingress.config.batches
     read = await body.read(limits.max_upload_bytes, max_files=limits.max_items + 1)
@@ -128,7 +134,7 @@ async def submit_batch(request: Request, ingress: Any, account: str, body: BodyR
     if isinstance(items, list) and len(items) > limits.max_items:
         raise InvalidRequest(f"a batch takes at most {limits.max_items} items; this one has {len(items)}",
                              field="items", code="too_many_items")
-    hold, replay = await idempotency.begin(request, lambda: ingress.jobs, account, "batch",
+    hold, replay = await idempotency.begin(key, lambda: ingress.jobs, account, "batch",
                                            idempotency.fingerprint(payload, *uploads.values()))
     if replay is not None:
         return replay
@@ -208,4 +214,4 @@ def _batch_form(read: Payload) -> tuple[dict[str, Any], dict[int, bytes]]:
     return fields, uploads
 
 
-__all__ = ["require_account", "status_url", "submit_batch", "submit_generate", "wants_async"]
+__all__ = ["Prefer", "require_account", "status_url", "submit_batch", "submit_generate", "wants_async"]

@@ -40,6 +40,18 @@ def test_openapi_document_is_valid_and_complete(client):
     assert set(schemas["GenerateRequest"]["properties"]) >= {"image", "image_url", "input_id", "style_intensity"}
 
 
+def test_request_headers_are_declared_by_the_handlers(client):
+    """Idempotency-Key and Prefer are FastAPI header parameters of the routes that read them, so the document lists
+    them on exactly those operations."""
+    paths = client.get("/openapi.json").json()["paths"]
+
+    def headers(route: str) -> set[str]:
+        return {p["name"] for p in paths[route]["post"].get("parameters", []) if p["in"] == "header"}
+    assert headers("/v1/avatar/generate") == {"Prefer", "Idempotency-Key"}
+    assert headers("/v1/batches") == headers("/v1/styles") == {"Idempotency-Key"}
+    assert headers("/v1/avatar/check") == set()
+
+
 def test_swagger_ui_is_served(client):
     page = client.get("/docs")
     assert page.status_code == 200 and "swagger-ui" in page.text and "/openapi.json" in page.text

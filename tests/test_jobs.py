@@ -212,6 +212,17 @@ def test_idempotent_generate_replays_without_new_work(api, astronaut):
     assert fresh.json()["request_id"] != first.json()["request_id"]
 
 
+def test_respond_async_is_heard_among_other_preferences_and_headers(api, astronaut):
+    """RFC 7240: preferences come in one header or several; `respond-async` anywhere among them makes a job."""
+    body = {"image": _b64(astronaut)}
+    several = api.post("/v1/avatar/generate", json=body,
+                       headers=[*api.a.items(), ("Prefer", "return=minimal"), ("Prefer", "wait=5, respond-async")])
+    assert several.status_code == 202 and several.json()["job_id"], several.text
+    api.post(f"{several.json()['status_url']}/cancel", headers=api.a)
+    other = api.post("/v1/avatar/generate", json=body, headers={**api.a, "Prefer": "return=minimal"})
+    assert other.status_code == 200 and "job_id" not in other.json()
+
+
 def test_idempotent_jobs_and_batches_return_the_original_job(api, astronaut):
     key = {**api.a, **ASYNC, "Idempotency-Key": "job-1"}
     body = {"image": _b64(astronaut)}

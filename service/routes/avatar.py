@@ -24,8 +24,9 @@ from service.dependencies import Account, Ingress
 from service.errors import as_avatar_error, error_response
 from service import idempotency
 from service.http import BodyOf, BodyReader, read_photo_payload
-from service.openapi import ERRORS, IDEMPOTENCY_KEY, PREFER_ASYNC, with_headers
-from service.submit import submit_generate, wants_async
+from service.idempotency import IdempotencyKey
+from service.openapi import ERRORS
+from service.submit import Prefer, submit_generate, wants_async
 
 log = logging.getLogger("avatar.routes")
 
@@ -39,24 +40,24 @@ CHECK_BODY = BodyOf(CheckRequest, "image", "the photo", empty_hint=_PHOTO_HINT)
 @router.post("/generate", response_model=GenerateResponse,
              responses={**ERRORS, 202: {"model": JobView, "description": "Accepted as a job (Prefer: respond-async)"},
                         409: ERRORS[400] | {"description": "The same Idempotency-Key is still in progress"}},
-             openapi_extra=with_headers(PREFER_ASYNC, IDEMPOTENCY_KEY),
              summary="Turn a photo into a platform-ready avatar")
 async def generate(request: Request, ingress: Ingress, account: Account,
-                   body: Annotated[BodyReader, Depends(GENERATE_BODY)]) -> GenerateResponse | JSONResponse:
+                   body: Annotated[BodyReader, Depends(GENERATE_BODY)], prefer: Prefer = None,
+                   key: IdempotencyKey = None) -> GenerateResponse | JSONResponse:
     """JSON with `image` (base64), `image_url` or `input_id`, or a multipart form with an `image` file part.
 
     `Prefer: respond-async` makes it a job: 202 with the job's status URL (API key required; `webhook_url` and
     `webhook_events` fields subscribe to its events), and `GET /v1/jobs/{job_id}` answers this same body when done.
     `Idempotency-Key` makes a retry safe: the same key and body answer the original response, with no new charge."""
     started = time.perf_counter()
-    if wants_async(request):   # queued in the job store; the runner paces the pipeline
+    if wants_async(prefer):   # queued in the job store; the runner paces the pipeline
         payload, upload = await read_photo_payload(body, ingress.config.max_body_bytes)
-        return await submit_generate(request, ingress, account, body, payload, upload)
+        return await submit_generate(request, ingress, account, body, payload, upload, key)
     async with admitted(ingress, account, started, "generate") as refusal:
         if refusal is not None:
             return refusal
         payload, upload = await read_photo_payload(body, ingress.config.max_body_bytes)
-        hold, replay = await idempotency.begin(request, lambda: ingress.jobs, account, "generate",
+        hold, replay = await idempotency.begin(key, lambda: ingress.jobs, account, "generate",
                                                idempotency.fingerprint(payload, upload))
         if replay is not None:
             return replay

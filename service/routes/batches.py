@@ -10,7 +10,8 @@ from starlette.responses import JSONResponse
 from avatar.contracts import BatchRequest, JobView
 from service.dependencies import Ingress, RequiredAccount
 from service.http import BodyOf, BodyReader
-from service.openapi import ERRORS, IDEMPOTENCY_KEY, with_headers
+from service.idempotency import IdempotencyKey
+from service.openapi import ERRORS
 from service.submit import submit_batch
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -20,12 +21,11 @@ BATCH_BODY = BodyOf(BatchRequest, "images", "the photos", cap_field="images",
 
 
 @router.post("", status_code=202, response_model=JobView, responses=ERRORS,
-             openapi_extra=with_headers(IDEMPOTENCY_KEY),
              summary="Avatars for a whole team in one consistent look")
 async def create_batch(request: Request, ingress: Ingress, account: RequiredAccount,
-                       body: Annotated[BodyReader, Depends(BATCH_BODY)]) -> JSONResponse:
+                       body: Annotated[BodyReader, Depends(BATCH_BODY)], key: IdempotencyKey = None) -> JSONResponse:
     """JSON `items` (each an `external_id` and one of `image`, `image_url`, `input_id`) or multipart `images` file
     parts (the file name, without extension, is the external id), plus one style, platform, palette and background
     for everyone. Progress, per-item results and the team's ZIP and contact sheet: `GET /v1/jobs/{job_id}`.
     Send `Idempotency-Key` to make a retry safe."""
-    return await submit_batch(request, ingress, account, body)
+    return await submit_batch(request, ingress, account, body, key)

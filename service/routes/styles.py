@@ -25,7 +25,8 @@ from service.auth import style_not_found
 from service.dependencies import Ingress, RequiredAccount
 from service.http import BodyOf, BodyReader, Payload
 from service import idempotency
-from service.openapi import ERRORS, IDEMPOTENCY_KEY, with_headers
+from service.idempotency import IdempotencyKey
+from service.openapi import ERRORS
 from avatar.tokens import token_version
 
 log = logging.getLogger("avatar.styles")
@@ -38,10 +39,9 @@ STYLE_BODY = BodyOf(StyleJobRequest, "images", "the examples", cap_field="images
 
 
 @router.post("", status_code=202, response_model=StyleView, responses=ERRORS,
-             openapi_extra=with_headers(IDEMPOTENCY_KEY),
              summary="Train a custom style from 50-200 example images")
 async def create_style(request: Request, ingress: Ingress, account: RequiredAccount,
-                       body: Annotated[BodyReader, Depends(STYLE_BODY)]) -> JSONResponse:
+                       body: Annotated[BodyReader, Depends(STYLE_BODY)], key: IdempotencyKey = None) -> JSONResponse:
     """Multipart `images` file parts, or JSON `images_uri` in a location the operator opened. Answers 202 with the
     job id, the token id it will produce and a status URL."""
     styles = ingress.config.styles
@@ -53,7 +53,7 @@ async def create_style(request: Request, ingress: Ingress, account: RequiredAcco
     else:
         fields, files = read.fields, {}
         print_ = idempotency.fingerprint(fields)
-    hold, replay = await idempotency.begin(request, lambda: ingress.jobs, account, "styles", print_)
+    hold, replay = await idempotency.begin(key, lambda: ingress.jobs, account, "styles", print_)
     if replay is not None:
         return replay
     async with hold.guard():
