@@ -28,9 +28,12 @@ models: install
 run: models
 	$(PY) -m cli serve --host $(HOST) --port $(PORT)
 
-# Everything (what CI runs), with the 20 slowest tests at the end.
+# Everything (what CI runs), in two tiers: the tests that start no Ray on two pytest-xdist workers (whole modules per
+# worker, so module fixtures are set up once; the longest start first, see tests/conftest.py), then the Ray tier in one
+# process (one local Ray, one Serve app, the two-node cluster first); each tier ends with its slowest tests.
 test: models
-	$(PY) -m pytest -q -ra --durations=20 tests
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile --no-loadscope-reorder -m "not ray" --durations=10 tests
+	$(PY) -m pytest -q -ra -m ray --durations=20 tests
 
 # The inner loop: the tests that start no Ray (markers set from the fixtures in tests/conftest.py); one that starts
 # Ray anyway fails here instead of slowing the tier down.

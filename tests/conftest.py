@@ -76,6 +76,11 @@ SERVE_ORDER = ("test_service", "test_styles_service", "test_jobs_service", "test
                "test_diffusion_service")
 
 
+# The longest modules of the tier without Ray go first, so that the two xdist workers of `make test` start them at
+# once and the short ones fill in around them (a fresh copy's `make run` and `make bench`; numba's first compile).
+FAST_TIER_FIRST = ("test_fresh_clone", "test_matting")
+
+
 def _ray_group(item: pytest.Item) -> int:
     """0: no Ray; 1: a Ray of its own (must start before the session's); 2: the session's Ray; 3: its Serve app."""
     names = set(item.fixturenames)
@@ -102,8 +107,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int]:
         index, item = pair
         name = item.module.__name__
-        rank = SERVE_ORDER.index(name) if name in SERVE_ORDER else len(SERVE_ORDER)
-        return module_group[name], rank if module_group[name] == 3 else 0, index
+        order = {0: FAST_TIER_FIRST, 3: SERVE_ORDER}.get(module_group[name], ())
+        return module_group[name], order.index(name) if name in order else len(order), index
     items[:] = [item for _, item in sorted(enumerate(items), key=key)]
 
 
