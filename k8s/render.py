@@ -88,8 +88,8 @@ spec:
 
 # Environment of every Ray pod, head and workers alike: shared state from the ConfigMap and the Secret, a scratch
 # data directory (AVATAR_DATA_DIR) for caches and the usage journal, Ray's token authentication (its ports listen on
-# every interface), the guard of Serve's HTTP proxy (body caps, read timeouts: service/proxy_guard.py) and a malloc
-# arena cap.
+# every interface), the guard of Serve's HTTP proxy (body caps, read timeouts: service/proxy_guard.py), a malloc
+# arena cap, and Serve's logs in its log files only (service/launcher.py says why).
 POD_ENV = """\
 envFrom:
   - {configMapRef: {name: avatar-config}}
@@ -100,7 +100,8 @@ env:
   - name: RAY_AUTH_TOKEN
     valueFrom: {secretKeyRef: {name: avatar-ray-auth, key: token}}
   - {name: RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH, value: "service.proxy_guard:proxy_middlewares"}
-  - {name: MALLOC_ARENA_MAX, value: "2"}"""
+  - {name: MALLOC_ARENA_MAX, value: "2"}
+  - {name: RAY_SERVE_LOG_TO_STDERR, value: "0"}"""
 
 
 def _proxy_env(config_text: str) -> str:

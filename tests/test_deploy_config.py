@@ -35,6 +35,7 @@ def test_every_pod_gives_the_proxy_the_body_caps_of_the_config():
     for pod in pods:
         env = {e["name"]: e.get("value") for e in pod["template"]["spec"]["containers"][0]["env"]}
         assert {k: env.get(k) for k in expected} == expected
+        assert env["MALLOC_ARENA_MAX"] == "2" and env["RAY_SERVE_LOG_TO_STDERR"] == "0"   # as `make run` sets them
 
 
 def test_every_stage_is_configured_with_its_own_scaling_and_gpu_share():
@@ -186,6 +187,7 @@ def test_the_embedded_ray_gets_the_proxy_guard_and_no_auth_opt_out(monkeypatch):
     env = ray_environment()
     assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "service.proxy_guard:proxy_middlewares"
     assert env.get("RAY_AUTH_MODE") != "disabled" and env["RAY_AUTH_TOKEN_PATH"]
+    assert env["RAY_SERVE_LOG_TO_STDERR"] == "0"   # Serve's log files only: no second copy through the log monitor
     uploads = json.loads(env["AVATAR_PROXY_UPLOAD_ROUTES"])
     assert int(env["AVATAR_PROXY_MAX_BODY_BYTES"]) > 20 * 2**20
     assert uploads["POST /v1/styles"] > 200 * 2**20 and uploads["POST /v1/batches"] > 256 * 2**20
