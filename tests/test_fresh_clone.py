@@ -37,7 +37,8 @@ OLD_BENCH_PORT = 8123   # where bench/latency.py used to serve, whoever else hel
 @pytest.fixture(scope="module")
 def checkout() -> Iterator[Path]:
     """The working tree's files (tracked, and new ones git does not ignore) copied to /tmp/fcXXXX/repo, with a
-    virtual environment built there by `make install` (from uv's cache when it has every package: seconds)."""
+    virtual environment built there by `make install` (from uv's cache when it has every package; ~40 s, most of
+    it compiling the bytecode)."""
     base = Path(tempfile.mkdtemp(prefix="fc", dir="/tmp"))   # short: Ray's socket paths live under it
     repo = base / "repo"
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
@@ -172,6 +173,15 @@ def wait_healthy(proc: subprocess.Popen, url: str, log: Path, within_s: float = 
 
 # -------------------------------------------------------------------------------------------------- tests
 @pytest.mark.serve
+def test_make_install_writes_the_bytecode_every_process_starts_from(checkout):
+    """A deploy starts a dozen Python processes (replicas, controller, proxy, Ray's agents); each imports Ray, torch
+    and the rest from the .pyc files `make install` wrote. Without them every process compiles what it imports from
+    source, at every start where PYTHONDONTWRITEBYTECODE is set. Runs before anything here imports from the copy."""
+    site = next((checkout / ".venv" / "lib").glob("python3*/site-packages"))
+    for package in ("ray", "ray/serve", "torch", "fastapi", "pydantic", "diffusers"):
+        assert list((site / package / "__pycache__").glob("*.pyc")), f"no bytecode for {package} in {site}"
+
+
 @pytest.mark.timeout(900)
 def test_make_run_serves_from_a_fresh_copy_and_ctrl_c_leaves_nothing(checkout):
     code = subprocess.run([str(checkout / ".venv/bin/python"), "-c",
