@@ -3,6 +3,9 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
+# The tier without Ray runs on two pytest-xdist workers, whole modules per worker (module fixtures set up once), in
+# collection order: the longest modules first (tests/conftest.py).
+XDIST   := -n 2 --dist loadfile --no-loadscope-reorder
 # `make bench BENCH_ARGS="--requests 1 --sizes standard --styles corporate_headshot --concurrency 1"`: a quick run.
 BENCH_ARGS ?=
 # The CPU build of torch: a local wheel folder where the machine has one, else PyTorch's CPU index.
@@ -31,18 +34,16 @@ models: install
 run: models
 	$(PY) -m cli serve --host $(HOST) --port $(PORT)
 
-# Everything (what CI runs), in two tiers: the tests that start no Ray on two pytest-xdist workers (whole modules per
-# worker, so module fixtures are set up once; the longest start first, see tests/conftest.py), then the Ray tier in one
-# process (one local Ray, one Serve app, the two-node cluster first); each tier ends with its slowest tests.
+# Everything (what CI runs), in two tiers: the tests that start no Ray on two workers, then the Ray tier in one process
+# (one local Ray, one Serve app, the two-node cluster first); each tier ends with its slowest tests.
 test: models
-	$(PY) -m pytest -q -ra -n 2 --dist loadfile --no-loadscope-reorder -m "not ray" --durations=10 tests
+	$(PY) -m pytest -q -ra $(XDIST) -m "not ray" --durations=10 tests
 	$(PY) -m pytest -q -ra -m ray --durations=20 tests
 
 # The inner loop: the tests that start no Ray (markers set from the fixtures in tests/conftest.py), on two workers as
 # in `make test`; one that starts Ray anyway fails here instead of slowing the tier down.
 test-fast: models
-	AVATAR_TESTS_WITHOUT_RAY=1 $(PY) -m pytest -q -ra -n 2 --dist loadfile --no-loadscope-reorder --durations=10 \
-	    -m "not ray and not slow" tests
+	AVATAR_TESTS_WITHOUT_RAY=1 $(PY) -m pytest -q -ra $(XDIST) --durations=10 -m "not ray and not slow" tests
 
 bench: models
 	$(PY) bench/latency.py $(BENCH_ARGS)
