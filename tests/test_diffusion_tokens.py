@@ -1,6 +1,7 @@
-"""Diffusion custom styles: a textual-inversion job on the tiny model through the job registry (one Ray Train worker:
-the runner's multi-worker path is test_training's; a worker failure resumed from the last checkpoint), the token stored, registered, loaded by `load_token` into the
-diffusion engine and changing its output; isolation between accounts; the artefact format on non-local storage."""
+"""Diffusion custom styles: a textual-inversion job on the tiny model through the job registry (one Ray Train worker,
+the runner's multi-worker path being test_training's; a worker failure resumed from the last checkpoint), the token
+stored, registered, loaded by `load_token` into the diffusion engine and changing its output; isolation between
+accounts; the artefact format on non-local storage."""
 
 from __future__ import annotations
 
