@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 BEFORE: dict[str, dict[str, Any]] = {
     "identity": {"face_detect": {"identity_model": "dlib"}, "quality_gate": {"identity_model": "dlib"}},
     "tiles": {"face_detect": {"face_count_tiles": "always"}},
-    "png": {"save_avatar": {"png_compress_level": 3, "png_strategy": "default"}},
+    "png": {"save_avatar": {"png_compress_level": 3}},
     "esr": {"detail_enhance": {"esr_max_input": 128}},
 }
 

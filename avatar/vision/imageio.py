@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from avatar.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from avatar.vision.png import encode_png
 
 ACCEPTED_FORMATS: dict[str, str] = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
@@ -146,16 +147,12 @@ class Pixels:
 
 def encode_lossless(rgb: np.ndarray) -> bytes:
     """Fast lossless encoding (PNG, low compression): cached inputs."""
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    return encode_png(rgb)
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
     """A float 0..1 mask as an 8-bit PNG."""
-    buf = io.BytesIO()
-    Image.fromarray((np.clip(mask, 0, 1) * 255 + 0.5).astype(np.uint8), mode="L").save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
+    return encode_png((np.clip(mask, 0, 1) * 255 + 0.5).astype(np.uint8))
 
 
 def decode_trusted(data: bytes) -> np.ndarray:
