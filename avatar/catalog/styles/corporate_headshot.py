@@ -13,7 +13,7 @@ import numpy as np
 
 from avatar.catalog.styles import EnhanceLook, StyleDefinition
 from avatar.catalog.styles._imageops import LUMA, saturate
-from avatar.vision.face_regions import face_masks, face_scale, mask_box
+from avatar.vision.face_regions import face_masks, face_scale, mask_box, soft_blur
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,9 @@ def _smooth_skin(x: np.ndarray, lm: np.ndarray, weight: np.ndarray, look: Corpor
         return x
     roi = x[box]
     sigma_space = max(look.smooth_sigma_space * max(x.shape[:2]), 1.0)
-    smooth = cv2.bilateralFilter(roi, -1, look.smooth_sigma_color / 255.0, sigma_space)
+    # on 8 bits: OpenCV's 8-bit bilateral costs 0.4x the CPU of its float one, within 0.6/255 of it
+    roi8 = (np.clip(roi, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    smooth = cv2.bilateralFilter(roi8, -1, look.smooth_sigma_color, sigma_space).astype(np.float32) / 255.0
     fine = roi - cv2.GaussianBlur(roi, (0, 0), 1.0)
     smooth = smooth + fine * look.skin_detail
     out = x.copy()
@@ -68,9 +70,9 @@ def _relight_face(x: np.ndarray, lm: np.ndarray, face: np.ndarray, lift: float, 
     """Studio key + fill: lift the face's local shadows towards its mean brightness and add a soft frontal fill."""
     fw = face_scale(lm)
     luma = x @ LUMA
-    illum = cv2.GaussianBlur(luma, (0, 0), 0.08 * fw)
+    illum = soft_blur(luma, 0.08 * fw)   # both are wide blurs: at reduced size (25 -> 3 ms at 512 px)
     target = float((illum * face).sum() / max(face.sum(), 1.0))
-    halo = cv2.GaussianBlur(face, (0, 0), 0.15 * fw)
+    halo = soft_blur(face, 0.15 * fw)
     add = np.maximum(target - illum, 0.0) * lift * face + fill * halo
     gain = (illum + add) / np.maximum(illum, 1e-3)
     return x * np.clip(gain, 1.0, 2.0)[..., None]
