@@ -15,6 +15,7 @@ from avatar.settings import shared_secret_file
 from service.config import (CONFIG_PATH, app_config, apply_cpu_profile, check_user_configs, deployment_options,
                             load_config, proxy_environment)
 from service.proxy_guard import CALLBACK, CALLBACK_ENV
+from service.serve_imports import HOOK as SKIP_PANDAS_HOOK
 from training.gate import node_resources
 
 
@@ -35,7 +36,8 @@ def init_local_ray(num_cpus: int | None = None, temp_dir: str | None = None, das
             "RAY_AUTH_MODE=disabled: Ray's ports accept anyone who can reach this machine")
     kwargs: dict[str, Any] = {"address": "local", "include_dashboard": dashboard, "log_to_driver": False,
                               "object_store_memory": object_store_mb * 2**20, "_node_ip_address": "127.0.0.1",
-                              "resources": node_resources(num_cpus)}
+                              "resources": node_resources(num_cpus),
+                              "runtime_env": {"worker_process_setup_hook": SKIP_PANDAS_HOOK}}
     if dashboard:
         kwargs["dashboard_host"] = "127.0.0.1"
     if num_cpus:

@@ -227,3 +227,17 @@ def test_cached_input_is_reused_without_upload(service, astronaut):
     assert both.status_code == 422
     plain = service.post("/v1/avatar/generate", json={"image": _b64(astronaut)}).json()
     assert "input_id" not in plain   # stateless unless asked
+
+
+def test_no_serve_process_loads_pandas(service):
+    """Controller, proxy and every replica run with `service.serve_imports`' hook: Ray Serve's optional pandas (and
+    the pyarrow pandas brings) stays out of all of them."""
+    import psutil
+    from ray._private import state
+
+    serve_actors = [a for a in state.actors().values() if a["State"] == "ALIVE" and a.get("Pid") and any(
+        kind in a["ActorClassName"] for kind in ("ServeReplica", "ServeController", "ProxyActor"))]
+    assert len(serve_actors) >= 10   # controller, proxy, ingress, the stages, the job runner
+    loaded = {a["ActorClassName"]: sorted({m.path for m in psutil.Process(int(a["Pid"])).memory_maps()
+                                            if "/pandas/" in m.path})[:1] for a in serve_actors}
+    assert not any(loaded.values()), loaded
