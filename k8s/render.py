@@ -101,6 +101,8 @@ env:
     valueFrom: {secretKeyRef: {name: avatar-ray-auth, key: token}}
   - {name: RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH, value: "service.proxy_guard:proxy_middlewares"}
   - {name: MALLOC_ARENA_MAX, value: "2"}
+  - {name: MALLOC_MMAP_THRESHOLD_, value: "33554432"}
+  - {name: MALLOC_TRIM_THRESHOLD_, value: "134217728"}
   - {name: RAY_SERVE_LOG_TO_STDERR, value: "0"}"""
 
 

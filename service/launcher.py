@@ -14,6 +14,7 @@ from pathlib import Path
 from avatar.settings import shared_secret_file
 from service.config import (CONFIG_PATH, app_config, apply_cpu_profile, check_user_configs, deployment_options,
                             load_config, proxy_environment)
+from service.memory import MALLOC_ENV
 from service.proxy_guard import CALLBACK, CALLBACK_ENV
 from service.serve_imports import HOOK as SKIP_PANDAS_HOOK
 from training.gate import node_resources
@@ -59,7 +60,7 @@ def ray_environment(config_path: str = str(CONFIG_PATH)) -> dict[str, str]:
     """Environment of the embedded Ray's processes (each key only where the caller has not set it)."""
     # RAY_AUTH_MODE stays unset: Ray then turns token authentication on for a new local cluster (and refreshes its
     # own configuration, which setting the variable here would not); an explicit RAY_AUTH_MODE=disabled is obeyed.
-    env = {CALLBACK_ENV: CALLBACK, "MALLOC_ARENA_MAX": "2",
+    env = {CALLBACK_ENV: CALLBACK, **MALLOC_ENV,   # glibc's heap settings of every process (service.memory)
            # Serve's replicas write each log line (an access line per request and stage) to their log file and, by
            # default, to stderr too, where Ray's log monitor tails it and publishes it through the GCS for a driver
            # that does not listen (log_to_driver is off): ~10 ms of CPU per avatar spent on duplicates

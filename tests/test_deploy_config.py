@@ -26,6 +26,8 @@ def test_rayservice_embeds_the_serve_config():
 def test_every_pod_gives_the_proxy_the_body_caps_of_the_config():
     """The proxies of a cluster enforce the caps `make run` enforces (not a fallback read of some other config)."""
     from service.config import proxy_environment
+    from service.launcher import ray_environment
+    from service.memory import MALLOC_ENV
     manifest = yaml.safe_load((ROOT / "k8s" / "rayservice.yaml").read_text())
     spec = manifest["spec"]["rayClusterConfig"]
     pods = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
@@ -35,7 +37,8 @@ def test_every_pod_gives_the_proxy_the_body_caps_of_the_config():
     for pod in pods:
         env = {e["name"]: e.get("value") for e in pod["template"]["spec"]["containers"][0]["env"]}
         assert {k: env.get(k) for k in expected} == expected
-        assert env["MALLOC_ARENA_MAX"] == "2" and env["RAY_SERVE_LOG_TO_STDERR"] == "0"   # as `make run` sets them
+        assert env["RAY_SERVE_LOG_TO_STDERR"] == "0"   # as `make run` sets them, and glibc's heap settings too
+        assert {k: env.get(k) for k in MALLOC_ENV} == MALLOC_ENV == {k: ray_environment()[k] for k in MALLOC_ENV}
 
 
 def test_every_stage_is_configured_with_its_own_scaling_and_gpu_share():
