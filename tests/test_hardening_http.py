@@ -55,9 +55,10 @@ def test_excess_requests_are_refused_fast_with_retry_after(make_ingress):
     refused = [(r, s) for r, s in results if r.status_code == 503]
     admitted = [(r, s) for r, s in results if r.status_code != 503]
     assert len(admitted) == 4 and len(refused) == 6   # 2 running + 2 waiting; the rest at once
+    first_turn_done = min(s for _, s in admitted)   # a running turn holds its stage for 1.5 s
     for resp, seconds in refused:
         assert resp.json()["error"]["code"] == "overloaded" and resp.headers["retry-after"] == "2"
-        assert seconds < 0.5, f"a refusal took {seconds:.2f} s"
+        assert seconds < first_turn_done, f"a refusal took {seconds:.2f} s: it waited for a turn"
     counts = ingress.telemetry.summary()["counts"]
     assert counts["generate:overloaded"] == 6   # refusals are recorded like every other request
 
