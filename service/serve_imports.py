@@ -1,10 +1,11 @@
-"""Ray worker setup hook: Ray Serve's own import of pandas is skipped, so a Serve process never loads pandas+pyarrow.
+"""Ray worker setup hook: Ray Serve's own import of pandas is skipped, so Serve itself never loads pandas+pyarrow.
 
 `ray.serve._private.utils` imports pandas whenever it is installed, only to JSON-encode DataFrame responses (this
 service returns none). Ray Train puts pandas in the environment and pandas 3 loads pyarrow with it: 66 MB of RSS in
 each of the app's 11 Serve processes (README, Performance). The hook hides pandas from that one importer; any other
-import of pandas in the same process (a training worker, Ray Data) loads it as usual. Written by hand because Ray
-offers no switch for this import; the hook itself is Ray's (`runtime_env.worker_process_setup_hook`).
+import of pandas in the same process (a training worker, Ray Data, pyarrow's Parquet writer) loads it as usual.
+Written by hand because Ray offers no switch for this import; the hook itself is Ray's
+(`runtime_env.worker_process_setup_hook`).
 """
 
 from __future__ import annotations
