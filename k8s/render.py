@@ -88,8 +88,9 @@ spec:
 
 # Environment of every Ray pod, head and workers alike: shared state from the ConfigMap and the Secret, a scratch
 # data directory (AVATAR_DATA_DIR) for caches and the usage journal, Ray's token authentication (its ports listen on
-# every interface), the guard of Serve's HTTP proxy (body caps, read timeouts: service/proxy_guard.py), a malloc
-# arena cap, and Serve's logs in its log files only (service/launcher.py says why).
+# every interface), the guard of Serve's HTTP proxy (body caps, read timeouts: service/proxy_guard.py), Serve's logs
+# in its log files only (service/launcher.py says why); `render` adds glibc's heap settings (service.memory) and the
+# proxy's body caps.
 POD_ENV = """\
 envFrom:
   - {configMapRef: {name: avatar-config}}
@@ -100,21 +101,20 @@ env:
   - name: RAY_AUTH_TOKEN
     valueFrom: {secretKeyRef: {name: avatar-ray-auth, key: token}}
   - {name: RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH, value: "service.proxy_guard:proxy_middlewares"}
-  - {name: MALLOC_ARENA_MAX, value: "2"}
-  - {name: MALLOC_MMAP_THRESHOLD_, value: "33554432"}
-  - {name: MALLOC_TRIM_THRESHOLD_, value: "134217728"}
   - {name: RAY_SERVE_LOG_TO_STDERR, value: "0"}"""
 
 
 def _proxy_env(config_text: str) -> str:
     """The proxy guard's body caps from the config, so every pod's proxy enforces the same limits as `make run`."""
-    import json
-
     import yaml
 
     from service.config import proxy_environment
-    caps = proxy_environment(yaml.safe_load(config_text))
-    return "\n".join(f"  - {{name: {key}, value: {json.dumps(value)}}}" for key, value in sorted(caps.items()))
+    return _env_lines(proxy_environment(yaml.safe_load(config_text)))
+
+
+def _env_lines(env: dict[str, str]) -> str:
+    import json
+    return "\n".join(f"  - {{name: {key}, value: {json.dumps(value)}}}" for key, value in sorted(env.items()))
 
 
 def _indent(text: str, spaces: int) -> str:
@@ -124,7 +124,8 @@ def _indent(text: str, spaces: int) -> str:
 def render(image: str = "avatar-service:0.1.0") -> str:
     config = (ROOT / "serve_config.yaml").read_text()
     body = "\n".join(("    " + line) if line.strip() else "" for line in config.splitlines())
-    pod_env = POD_ENV + "\n" + _proxy_env(config)
+    from service.memory import MALLOC_ENV
+    pod_env = "\n".join((POD_ENV, _env_lines(MALLOC_ENV), _proxy_env(config)))
     return TEMPLATE.format(serve_config=body, image=image, head_env=_indent(pod_env, 14),
                            worker_env=_indent(pod_env, 16))
 

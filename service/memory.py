@@ -49,7 +49,8 @@ def _glibc():
 
 def free_heap_bytes() -> int | None:
     """Free bytes held in glibc's arenas (all of them), or None without glibc's mallinfo2."""
-    info = getattr(_glibc(), "mallinfo2", None) if _glibc() else None
+    libc = _glibc()
+    info = getattr(libc, "mallinfo2", None) if libc else None
     return int(info().fordblks) if info is not None else None
 
 
@@ -62,7 +63,8 @@ def _trim() -> bool:
 
 
 def _malloc_trim() -> bool:
-    trim = getattr(_glibc(), "malloc_trim", None) if _glibc() else None
+    libc = _glibc()
+    trim = getattr(libc, "malloc_trim", None) if libc else None
     return bool(trim(0)) if trim is not None else False
 
 
